@@ -1,0 +1,45 @@
+"""Training objectives of multi-exit networks, one pure function per method.
+
+`get_method(name, **hparams)` returns a `Method` whose
+`loss_fn(outputs, labels, *, params, state, progress) -> (loss, metrics)` the
+train step calls; adding a method only adds an entry to `_REGISTRY`.
+"""
+
+import inspect
+from typing import Callable, Dict
+
+from mexd.losses import baselines
+from mexd.losses import common
+from mexd.losses import phuong_lampert
+
+Method = common.Method
+
+_REGISTRY: Dict[str, Callable[..., Method]] = {
+    "ce": baselines.make_ce,
+    "pl": phuong_lampert.make_pl,
+    "pl_const": phuong_lampert.make_pl_const,
+}
+
+
+def method_names():
+  """Sorted names of every registered method."""
+  return sorted(_REGISTRY)
+
+
+def get_method(name: str, **hparams) -> Method:
+  """Builds the method `name` with its hyperparameters.
+
+  Raises:
+    ValueError: unknown method name or hyperparameter (the message lists the
+      valid ones), or an out-of-range hyperparameter.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown method {name!r}; valid names: "
+                     f"{', '.join(method_names())}")
+  factory = _REGISTRY[name]
+  valid = [p for p in inspect.signature(factory).parameters]
+  unknown = sorted(set(hparams) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown hyperparameter(s) {unknown} for method "
+                     f"{name!r}; valid: {', '.join(valid) or 'none'}")
+  return factory(**hparams)

@@ -1,0 +1,152 @@
+"""Shared pieces of every training objective: per-example terms and reductions.
+
+Notation (../shared/METHODS.md §0): `logits` z is `[E, B, C]` (exits stacked,
+deepest last); `labels` y is `[B]` int with `-1` marking an unlabeled example.
+Per-example terms come back as `[E, B]` and the method reduces them.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+Metrics = Dict[str, Array]
+
+
+def labeled_mask(labels: Array) -> Array:
+  """[B] float mask: 1 where the label is a class index (>= 0), else 0."""
+  return (labels >= 0).astype(jnp.float32)
+
+
+def ce_per_example(logits: Array, labels: Array) -> Array:
+  """Cross-entropy of every exit and example.
+
+  Args:
+    logits: [E, B, C] (or [B, C]).
+    labels: [B] int; negative labels give 0 (mask them out when reducing).
+
+  Returns:
+    [E, B] (or [B]) float32 `-log softmax(logits)[..., y]`.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  safe = jnp.maximum(labels, 0)
+  picked = jnp.take_along_axis(
+      logp, jnp.broadcast_to(safe[:, None], logp.shape[:-1] + (1,)), axis=-1)
+  return -picked[..., 0] * labeled_mask(labels)
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+  """Mean of x [..., B] over the last axis where mask [B] is 1.
+
+  Returns 0 (not NaN) where the mask is empty, e.g. an unlabeled batch.
+  """
+  return jnp.sum(x * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def ce_per_exit(logits: Array, labels: Array) -> Array:
+  """[E] batch-mean cross-entropy of each exit over the labeled examples."""
+  return masked_mean(ce_per_example(logits, labels), labeled_mask(labels))
+
+
+def soft_ce(teacher_probs: Array, student_logits: Array,
+            temperature: Array | float = 1.0) -> Array:
+  """Per-example soft cross-entropy H(q, log softmax(z / T)).
+
+  Args:
+    teacher_probs: [..., C] target distribution q (callers stop its gradient).
+    student_logits: [..., C] student logits z.
+    temperature: T > 0 (scalar, may be traced).
+
+  Returns:
+    [...] `-sum_c q_c log softmax(z / T)_c`.
+  """
+  logp = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
+                            axis=-1)
+  return -jnp.sum(teacher_probs * logp, axis=-1)
+
+
+def entropy(probs: Array) -> Array:
+  """[...] Shannon entropy (nats) of probs [..., C]; 0 log 0 = 0."""
+  return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(
+      jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
+
+
+def kl_per_example(teacher_logits: Array, student_logits: Array,
+                   temperature: Array | float = 1.0) -> Array:
+  """[...] KL(softmax(t / T) || softmax(s / T)), computed stably in log space."""
+  log_q = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature,
+                             axis=-1)
+  log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
+                             axis=-1)
+  return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
+
+
+def masked_feature_mse(student: Array, teacher: Array) -> Array:
+  """Partial-L2 feature loss of Heo et al.: mean over [B, D] per exit.
+
+  Args:
+    student: [E, B, D] features f_i.
+    teacher: [B, D] or [E, B, D] target features (callers stop the gradient).
+
+  Returns:
+    [E] `mean_{b,d} (f - t)^2 * 1{f > 0 or t > 0}`.
+  """
+  teacher = jnp.broadcast_to(teacher, student.shape)
+  mask = jnp.logical_or(student > 0, teacher > 0)
+  return jnp.mean(jnp.where(mask, (student - teacher) ** 2, 0.0), axis=(-2, -1))
+
+
+def per_exit_metrics(prefix: str, values: Array) -> Metrics:
+  """{f"{prefix}/exit{i}": values[i]} for an [E] array."""
+  return {f"{prefix}/exit{i}": values[i] for i in range(values.shape[0])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training objective: a pure loss plus its explicit parameters and state.
+
+  Attributes:
+    name: the config name of the method.
+    loss_fn: `loss_fn(outputs, labels, *, params, state, progress)` ->
+      `(scalar loss, metrics)`. `outputs` holds "logits" [E, B, C], "features"
+      [E, B, D] and, for teacher-student methods, "teacher_logits" [E, B, C].
+      `params` are the method's trainable parameters (MATE's teacher weights;
+      `{}` otherwise), `state` its non-trainable state (P&L's temperature),
+      `progress` the 1-based epoch divided by the number of epochs (SDN).
+      `metrics` maps names such as "loss/ce" to scalars.
+    init_params: `num_exits -> params` pytree (trained with the model).
+    init_state: `() -> state` pytree.
+    update_state: `(state, metrics) -> state`, applied after every step
+      outside the gradient.
+    needs_teacher: the train step must provide "teacher_logits".
+  """
+
+  name: str
+  loss_fn: Callable[..., Tuple[Array, Metrics]]
+  init_params: Callable[[int], PyTree] = lambda num_exits: {}
+  init_state: Callable[[], PyTree] = lambda: {}
+  update_state: Callable[[PyTree, Mapping[str, Array]], PyTree] = (
+      lambda state, metrics: state)
+  needs_teacher: bool = False
+
+
+def combine(terms: Mapping[str, Array],
+            weights: Optional[Mapping[str, float]] = None
+            ) -> Tuple[Array, Metrics]:
+  """Weighted sum of named scalar terms.
+
+  Args:
+    terms: name -> scalar term (e.g. {"ce": ..., "kd": ...}).
+    weights: name -> weight (1 where missing).
+
+  Returns:
+    (total, {"loss": total, "loss/<name>": weighted term, ...}).
+  """
+  weights = weights or {}
+  metrics = {f"loss/{k}": weights.get(k, 1.0) * v for k, v in terms.items()}
+  total = sum(metrics.values())
+  metrics["loss"] = total
+  return total, metrics
