@@ -15,6 +15,18 @@ import numpy as np
 UNLABELED = -1
 
 
+class DataError(ValueError):
+  """A data set's files are unusable (corrupt, truncated, wrong format).
+
+  The message names the file and says how to get a good copy.
+  """
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+  """A data set's files are missing: the message says where they were looked
+  for and how to install or download them (and `data.data_dir`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Images and labels held in host memory.
