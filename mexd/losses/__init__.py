@@ -10,6 +10,9 @@ from typing import Callable, Dict
 
 from mexd.losses import baselines
 from mexd.losses import common
+from mexd.losses import eed
+from mexd.losses import erde
+from mexd.losses import mate
 from mexd.losses import phuong_lampert
 
 Method = common.Method
@@ -18,6 +21,12 @@ _REGISTRY: Dict[str, Callable[..., Method]] = {
     "ce": baselines.make_ce,
     "pl": phuong_lampert.make_pl,
     "pl_const": phuong_lampert.make_pl_const,
+    "sdn": baselines.make_sdn,
+    "byot": baselines.make_byot,
+    "eed": eed.make_eed,
+    "mate": mate.make_mate,
+    "erde": erde.make_erde,
+    "kd": erde.make_kd,
 }
 
 

@@ -1,9 +1,11 @@
 """Baselines: cross-entropy on every exit (uniform and SDN weights), BYOT.
 
-METHODS.md §5.
+METHODS.md §5. Distillation values are reported as KL (METHODS.md §7); the
+authors' soft cross-entropy differs by the teacher entropy only, so the
+gradients are the same.
 """
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,17 @@ import jax.numpy as jnp
 from mexd.losses import common
 
 Array = jax.Array
+
+
+def _check_range(name: str, value, low: float, high: Optional[float], *,
+                 open_low: bool = False):
+  """Raises ValueError unless low <= value <= high (low < value if open)."""
+  ok = value > low if open_low else value >= low
+  ok = ok and (high is None or value <= high)
+  if not ok:
+    lo = "(" if open_low else "["
+    hi = f"{high}]" if high is not None else "inf)"
+    raise ValueError(f"{name} must be in {lo}{low}, {hi}, got {value}")
 
 
 def weighted_ce(logits: Array, labels: Array, weights: Array):
@@ -50,3 +63,145 @@ def make_ce(*, exit_weights: Optional[Sequence[float]] = None
     return weighted_ce(z, labels, w)
 
   return common.Method(name="ce", loss_fn=loss_fn)
+
+
+# SDN (Kaya et al., 2019), METHODS.md §5.1. ----------------------------------
+
+# The official list has 6 internal classifiers (ICs) with
+# tau_max = 0.15 * (i + 1); other counts use the same rule, capped at the
+# final exit's weight 1 so no IC outweighs the final exit (PROJECT READING).
+_SDN_TAU_STEP = 0.15
+_SDN_TAU_CAP = 1.0
+_SDN_TAU_START = 0.01
+
+
+def sdn_tau_max(num_ics: int) -> Tuple[float, ...]:
+  """Maximal IC weights `min(0.15 * (i + 1), 1)` for `num_ics` = E - 1 ICs.
+
+  Examples:
+    >>> sdn_tau_max(6)
+    (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+  """
+  return tuple(round(min(_SDN_TAU_STEP * (i + 1), _SDN_TAU_CAP), 10)
+               for i in range(num_ics))
+
+
+def sdn_weights(num_exits: int, progress: Array | float,
+                tau_max: Optional[Sequence[float]] = None) -> Array:
+  """Per-exit SDN weights at training progress `epoch / n_epochs`.
+
+  `tau_i = min(tau_max_i, 0.01 + progress * tau_max_i)` for the internal
+  exits, 1 for the final exit.
+
+  Args:
+    num_exits: E.
+    progress: scalar (1-based epoch) / (number of epochs); may be traced.
+    tau_max: E - 1 maximal IC weights (default `sdn_tau_max(E - 1)`).
+
+  Returns:
+    [E] float32 weights, the last one 1.
+
+  Examples:
+    >>> [round(float(w), 4) for w in sdn_weights(4, 0.5)]
+    [0.085, 0.16, 0.235, 1.0]
+  """
+  if tau_max is None:
+    tau_max = sdn_tau_max(num_exits - 1)
+  if len(tau_max) != num_exits - 1:
+    raise ValueError(f"SDN tau_max has {len(tau_max)} entries but the model "
+                     f"has {num_exits - 1} internal exits (E - 1)")
+  tmax = jnp.asarray(tau_max, jnp.float32).reshape(num_exits - 1)   # [E-1]
+  tau = jnp.minimum(tmax, _SDN_TAU_START + progress * tmax)
+  return jnp.concatenate([tau, jnp.ones((1,), jnp.float32)])
+
+
+def make_sdn(*, tau_max: Optional[Sequence[float]] = None) -> common.Method:
+  """SDN: CE on every exit, IC weights ramping up with `progress`.
+
+  Args:
+    tau_max: E - 1 maximal IC weights (>= 0); None = `sdn_tau_max(E - 1)`.
+  """
+  if tau_max is not None:
+    tau_max = tuple(float(t) for t in tau_max)
+    for t in tau_max:
+      _check_range("tau_max entries", t, 0.0, None)
+
+  def loss_fn(outputs, labels, *, params, state, progress):
+    del params, state
+    z = outputs["logits"]
+    w = sdn_weights(z.shape[0], progress, tau_max)
+    loss, metrics = weighted_ce(z, labels, w)
+    metrics.update(common.per_exit_metrics("sdn/tau", w))
+    return loss, metrics
+
+  return common.Method(name="sdn", loss_fn=loss_fn)
+
+
+# BYOT (Zhang et al., 2019), METHODS.md §5.2. --------------------------------
+
+
+def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
+              *, alpha: float = 0.3, temperature: Array | float = 3.0,
+              feature_weight: float = 0.03):
+  """Be Your Own Teacher with the project defaults.
+
+  `L = (1-a) sum_i CE(z_i, y) + a T^2 sum_{i<E-1} KL(t || p_i^T)
+  + lambda sum_{i<E-1} mean_{b,d} (f_i - sg(f_{E-1}))^2 1{f_i>0 or f_{E-1}>0}`
+  with `t = sg(softmax(z_{E-1} / T))`. KL replaces the authors' soft
+  cross-entropy (same gradient, values differ by the teacher entropy); the
+  feature term is mean-reduced (the unofficial code sums, with a tiny weight).
+  CE is averaged over labeled examples, KL and features over the whole batch.
+
+  Args:
+    logits: [E, B, C] exit logits, deepest last.
+    labels: [B] int labels, -1 = unlabeled.
+    features: [E, B, D] exit features (needed when feature_weight > 0).
+    alpha: KD weight a in [0, 1].
+    temperature: T > 0.
+    feature_weight: lambda >= 0.
+
+  Returns:
+    (loss, metrics) with "loss/ce", "loss/kd", "loss/feat" (weighted) and
+    per-exit "ce/exit{i}", "kd/exit{i}", "feat/exit{i}" (i < E - 1).
+
+  Examples:
+    >>> z = jnp.zeros((3, 2, 4)); f = jnp.ones((3, 2, 5)); y = jnp.array([0, 1])
+    >>> round(float(byot_loss(z, y, f)[0]), 4)  # 0.7 * 3 * log(4)
+    2.9112
+  """
+  teacher = jax.lax.stop_gradient(logits[-1])                    # [B, C]
+  ce = common.ce_per_exit(logits, labels)                         # [E]
+  kd = jnp.mean(common.kl_per_example(teacher[None], logits[:-1],
+                                      temperature), axis=-1)      # [E-1]
+  terms = {"ce": jnp.sum(ce), "kd": temperature**2 * jnp.sum(kd)}
+  weights = {"ce": 1.0 - alpha, "kd": alpha}
+  feat = None
+  if feature_weight:
+    if features is None:
+      raise ValueError("BYOT with feature_weight > 0 needs outputs['features']")
+    feat = common.masked_feature_mse(
+        features[:-1], jax.lax.stop_gradient(features[-1]))       # [E-1]
+    terms["feat"] = jnp.sum(feat)
+    weights["feat"] = feature_weight
+  loss, metrics = common.combine(terms, weights)
+  metrics.update(common.per_exit_metrics("ce", ce))
+  metrics.update(common.per_exit_metrics("kd", kd))
+  if feat is not None:
+    metrics.update(common.per_exit_metrics("feat", feat))
+  return loss, metrics
+
+
+def make_byot(*, alpha: float = 0.3, temperature: float = 3.0,
+              feature_weight: float = 0.03) -> common.Method:
+  """BYOT: CE everywhere, KD and feature hints from the deepest exit."""
+  _check_range("alpha", alpha, 0.0, 1.0)
+  _check_range("temperature", temperature, 0.0, None, open_low=True)
+  _check_range("feature_weight", feature_weight, 0.0, None)
+
+  def loss_fn(outputs, labels, *, params, state, progress):
+    del params, state, progress
+    return byot_loss(outputs["logits"], labels, outputs.get("features"),
+                     alpha=alpha, temperature=jnp.float32(temperature),
+                     feature_weight=feature_weight)
+
+  return common.Method(name="byot", loss_fn=loss_fn)
