@@ -52,3 +52,22 @@ def get_method(name: str, **hparams) -> Method:
     raise ValueError(f"unknown hyperparameter(s) {unknown} for method "
                      f"{name!r}; valid: {', '.join(valid) or 'none'}")
   return factory(**hparams)
+
+
+def default_hparams(name: str) -> Dict[str, object]:
+  """The keyword defaults of method `name`'s factory."""
+  factory = _REGISTRY[name]
+  return {k: p.default for k, p in inspect.signature(factory).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+
+
+def default_config():
+  """A ConfigDict {method name: {hyperparameter: default}} of every method."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict()
+  for name in method_names():
+    hp = ml_collections.ConfigDict()
+    for k, v in default_hparams(name).items():
+      hp[k] = v
+    cfg[name] = hp
+  return cfg

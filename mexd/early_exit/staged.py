@@ -1,0 +1,186 @@
+"""Real early exit: run stage k only on the examples that have not left yet.
+
+`StagedPredictor` runs stage 0 on the whole batch, scores exit 0 with the
+policy, retires the examples whose score reaches theta_0, gathers the
+survivors' hidden state (and the policy state: previous argmax and run length,
+for "patience") into a smaller batch and runs stage 1 on it, and so on. The
+survivor count changes from batch to batch, so each batch is padded up to a
+size from a fixed set of *buckets* (powers of two by default): XLA compiles
+each stage once per bucket and never per batch. Padding rows repeat a real row
+and are dropped on the host.
+
+One host sync per stage (the exit mask, [bucket] booleans) decides the next
+gather; everything else stays on the device. The predictions equal
+`policies.simulate` on the one-pass logits, because `__call__` of a
+`MultiExitModel` is the loop over `stage` and each row is computed
+independently (eval mode).
+
+Example:
+  >>> pred = StagedPredictor(model, variables, thresholds, "max_prob")
+  >>> predictions, exits = pred(images)           # [N], [N]
+  >>> label, exit_k = pred.predict_one(images[0])  # batch-size-1 latency path
+"""
+
+import functools
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mexd.early_exit import policies
+
+Array = Any
+
+
+class StagedResult(NamedTuple):
+  """Outcome of one staged run.
+
+  Attributes:
+    predictions: [N] int32 class predicted at the exit taken.
+    exits: [N] int32 exit index taken.
+    reached: [E] int number of real examples that ran stage k.
+    padded: [E] int bucket size stage k ran with (0 if nobody reached it).
+  """
+  predictions: np.ndarray
+  exits: np.ndarray
+  reached: np.ndarray
+  padded: np.ndarray
+
+
+def _pad_index(idx: np.ndarray, size: int) -> np.ndarray:
+  """Pads row indices [n] to [size] by repeating the last one."""
+  return np.concatenate([idx, np.full(size - idx.size, idx[-1])]).astype(
+      np.int32)
+
+
+@jax.jit
+def _gather(tree, idx):
+  """Rows `idx` [b] of every leaf of `tree` (leading batch dim)."""
+  return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+
+class StagedPredictor:
+  """Stage-by-stage early-exit inference of a `MultiExitModel`.
+
+  Args:
+    model: a `mexd.models.MultiExitModel` (unbound Flax module).
+    variables: its variables ({"params", "batch_stats", ...}); eval mode.
+    thresholds: [E] thresholds on the policy score (last taken as -inf),
+      e.g. `calibrate.calibrate_budget(...).thresholds`.
+    policy: a name from `policies.policy_names()`.
+    buckets: increasing batch sizes to pad to; None means powers of two. A
+      batch larger than the largest bucket runs in chunks of that size.
+  """
+
+  def __init__(self, model, variables, thresholds: Sequence[float],
+               policy: str = "max_prob",
+               buckets: Optional[Sequence[int]] = None):
+    policies.check_policy(policy)
+    self.model = model
+    self.variables = variables
+    self.policy = policy
+    self.num_exits = model.bind(variables).num_exits
+    thresholds = np.asarray(thresholds, np.float32)
+    if thresholds.shape != (self.num_exits,):
+      raise ValueError(f"thresholds {thresholds.shape} must have one entry "
+                       f"per exit, E = {self.num_exits}")
+    self.thresholds = jnp.asarray(thresholds)
+    if buckets is not None:
+      buckets = sorted(set(int(b) for b in buckets))
+      if buckets[0] < 1:
+        raise ValueError(f"buckets must be positive, got {buckets}")
+    self.buckets = buckets
+    # (stage, bucket) pairs traced so far: one XLA compilation each.
+    self.compiled: List[Tuple[int, int]] = []
+    self._stage_fns = [jax.jit(functools.partial(self._stage, k))
+                       for k in range(self.num_exits)]
+
+  def _stage(self, k, variables, h, state, thresholds):
+    """Stage k on a padded batch -> (h_k, policy state, exit mask [b])."""
+    self.compiled.append((k, jax.tree.leaves(h)[0].shape[0]))  # trace time
+    h, logits, _ = self.model.apply(variables, k, h, train=False,
+                                    method="stage")
+    score, state = policies.score_step(self.policy, logits, state)
+    if k == self.num_exits - 1:
+      done = jnp.ones(score.shape, bool)
+    else:
+      done = score >= thresholds[k]
+    return h, state, done
+
+  def bucket(self, n: int) -> int:
+    """The padded batch size for n live examples."""
+    if self.buckets is None:
+      return 1 << max(0, int(n) - 1).bit_length()
+    for b in self.buckets:
+      if b >= n:
+        return b
+    raise ValueError(f"{n} examples exceed the largest bucket "
+                     f"{self.buckets[-1]}")
+
+  def run(self, images: Array) -> StagedResult:
+    """Early-exit predictions with per-stage statistics.
+
+    Args:
+      images: [N, H, W, C_in] images.
+
+    Returns:
+      a `StagedResult` (predictions [N], exits [N], reached [E], padded [E]).
+    """
+    n = images.shape[0]
+    step = n if self.buckets is None else self.buckets[-1]
+    parts = [self._run_chunk(images[i:i + step]) for i in range(0, n, step)]
+    return StagedResult(
+        np.concatenate([p.predictions for p in parts]),
+        np.concatenate([p.exits for p in parts]),
+        np.sum([p.reached for p in parts], axis=0),
+        np.max([p.padded for p in parts], axis=0))
+
+  def __call__(self, images: Array) -> Tuple[np.ndarray, np.ndarray]:
+    """images [N, H, W, C_in] -> (predictions [N], exit index [N])."""
+    out = self.run(images)
+    return out.predictions, out.exits
+
+  def predict_one(self, image: Array) -> Tuple[int, int]:
+    """Batch-size-1 path: runs stages until the example exits.
+
+    Args:
+      image: [H, W, C_in] or [1, H, W, C_in].
+
+    Returns:
+      (predicted class, exit index) as Python ints.
+    """
+    image = jnp.asarray(image)
+    if image.ndim == 3:
+      image = image[None]
+    out = self._run_chunk(image, lambda n: n)
+    return int(out.predictions[0]), int(out.exits[0])
+
+  def _run_chunk(self, images: Array, bucket=None) -> StagedResult:
+    bucket = bucket or self.bucket
+    n = images.shape[0]
+    e = self.num_exits
+    preds = np.zeros(n, np.int32)
+    exits = np.zeros(n, np.int32)
+    reached = np.zeros(e, np.int64)
+    padded = np.zeros(e, np.int64)
+    pos = np.arange(n)  # original row of each live example
+    b = bucket(n)
+    h = images if b == n else _gather(images, _pad_index(pos, b))
+    state = policies.init_state(b)
+    for k in range(e):
+      reached[k], padded[k] = pos.size, b
+      h, state, done = self._stage_fns[k](self.variables, h, state,
+                                          self.thresholds)
+      done_np, pred_np = jax.device_get((done, state[0]))  # one sync a stage
+      done_np, pred_np = done_np[:pos.size], pred_np[:pos.size]
+      preds[pos[done_np]] = pred_np[done_np]
+      exits[pos[done_np]] = k
+      keep = np.flatnonzero(~done_np)
+      if keep.size == 0:
+        break
+      pos = pos[keep]
+      if keep.size < done_np.size:  # someone left: compact the survivors
+        b = bucket(keep.size)
+        h, state = _gather((h, state), jnp.asarray(_pad_index(keep, b)))
+    return StagedResult(preds, exits, reached, padded)

@@ -1,0 +1,349 @@
+"""Trains a multi-exit network: `python -m mexd.train [--config=...] [--workdir=...]`.
+
+With no flags it trains the 3-exit digits CNN with Phuong & Lampert
+distillation on scikit-learn's bundled digits (configs/digits.py) and prints
+the per-exit accuracy. The same command scales from a CPU laptop to a TPU pod
+slice: the global batch is sharded over every device of every host.
+
+The work directory holds: config.json, splits.npz (the seeded split
+indices), checkpoints/ (orbax), metrics.jsonl (+ tb/ TensorBoard events) and
+results.json (final per-exit accuracy). Re-running the same command resumes
+from the newest checkpoint.
+"""
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from mexd import checkpoint
+from mexd import data as data_lib
+from mexd import losses
+from mexd import metrics as metrics_lib
+from mexd import models
+from mexd import optim
+from mexd import sharding
+from mexd import state as state_lib
+from mexd import steps
+from mexd import workdir as workdir_lib
+from mexd.data import pipeline
+
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    "digits.py")
+
+
+def build_model(config, num_classes: int):
+  """The model of `config.model` for `num_classes` classes."""
+  return models.get_model(config.model.name, num_classes=num_classes,
+                          dtype=config.model.dtype,
+                          **dict(config.model.get("kwargs", {})))
+
+
+def build_method(config) -> losses.Method:
+  """The training objective named by `config.method`."""
+  hparams = dict(config.loss.get(config.method, {})) if config.get(
+      "loss") else {}
+  return losses.get_method(config.method, **hparams)
+
+
+def compute_dtype(config):
+  return jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+
+
+class Predictor:
+  """Jitted, sharded eval-mode forward pass over a whole split."""
+
+  def __init__(self, model, mean, std, mesh, batch_size: int, dtype):
+    self.mesh = mesh
+    self.batch_size = batch_size
+    self._fn = jax.jit(
+        steps.make_predict(model, mean=mean, std=std, dtype=dtype),
+        out_shardings=sharding.replicated(mesh))
+    self._bsh = sharding.batch_sharding(mesh)
+
+  def logits(self, variables, ds: data_lib.Dataset) -> np.ndarray:
+    """[E, N, C] float32 logits of every exit for every image of ds."""
+    out = []
+    for batch, valid in pipeline.eval_batches(ds, self.batch_size):
+      rows = pipeline.host_slice(self.batch_size)
+      images = pipeline.make_global({"image": batch["image"][rows]},
+                                    self._bsh)["image"]
+      out.append(np.asarray(jax.device_get(self._fn(variables, images)))
+                 [:, :valid])
+    return np.concatenate(out, axis=1)
+
+
+def accuracy_table(logits: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:
+  """Per-exit accuracy and the accuracy of the running exit ensemble.
+
+  Args:
+    logits: [E, N, C]; labels: [N].
+
+  Returns:
+    {"acc": [E] per-exit top-1, "ens_acc": [E] top-1 of the mean softmax of
+    exits 0..k}.
+  """
+  acc = (logits.argmax(-1) == labels[None]).mean(-1)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  ens = np.cumsum(p, 0) / np.arange(1, p.shape[0] + 1)[:, None, None]
+  ens_acc = (ens.argmax(-1) == labels[None]).mean(-1)
+  return {"acc": acc.tolist(), "ens_acc": ens_acc.tolist()}
+
+
+def format_table(results: Dict[str, Dict[str, Any]]) -> str:
+  """A text table: one row per exit, one accuracy column per split."""
+  names = list(results)
+  num_exits = len(results[names[0]]["acc"])
+  head = "exit  " + "  ".join(f"{n + ' acc':>10}" for n in names)
+  lines = [head, "-" * len(head)]
+  for k in range(num_exits):
+    lines.append(f"{k:>4}  " + "  ".join(
+        f"{100 * results[n]['acc'][k]:>9.2f}%" for n in names))
+  return "\n".join(lines)
+
+
+def load_teacher(config, num_classes, image_shape):
+  """(model, variables) of the frozen teacher run in config.teacher_workdir."""
+  tdir = config.get("teacher_workdir")
+  if not tdir:
+    raise ValueError(f"method {config.method!r} learns from a teacher: set "
+                     "--config.teacher_workdir to a finished run's workdir")
+  tconfig = workdir_lib.load_config(tdir)
+  tmodel = build_model(tconfig, num_classes)
+  variables = workdir_lib.load_variables(tdir, tconfig, tmodel, image_shape)
+  return tmodel, variables
+
+
+class _Preempted:
+  """Records SIGTERM so the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.flag = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # Not the main thread.
+      self._old = None
+    return self
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and exiting.")
+    self.flag = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, overwrite: bool = False) -> Dict[str, Any]:
+  """Trains, checkpoints and evaluates; returns the final results dict.
+
+  Args:
+    config: the run's ConfigDict (see mexd/config_lib.py base_config).
+    workdir: where everything is written; resumes from it if it holds a
+      checkpoint of the same config.
+    overwrite: allow a workdir that holds a run of a different config
+      (its checkpoints are moved aside first).
+
+  Returns:
+    {"val": {"acc": [E], "ens_acc": [E]}, "test": {...}, "steps": int,
+     "train_seconds": float}.
+  """
+  # Everything that can be validated is validated before writing anything.
+  method = build_method(config)
+  splits, split_idx = data_lib.load_splits(config.data)
+  train_ds = splits["train"]
+  num_classes, image_shape = train_ds.num_classes, train_ds.image_shape
+  model = build_model(config, num_classes)
+  mesh = sharding.make_mesh(config.get("num_devices"))
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh)
+  batches = pipeline.TrainBatches(
+      train_ds, config.batch_size, seed=config.seed,
+      unlabeled=splits.get("unlabeled"),
+      unlabeled_batch=config.data.get("unlabeled_batch", 0))
+  teacher_model, teacher_vars = None, None
+  if method.needs_teacher:
+    teacher_model, teacher_vars = load_teacher(config, num_classes,
+                                               image_shape)
+  workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
+
+  steps_per_epoch = batches.steps_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+  tx, lr_fn = optim.make_optimizer(config.optimizer, steps_per_epoch,
+                                   config.num_epochs)
+  dtype = compute_dtype(config)
+  repl = sharding.replicated(mesh)
+  bsh = sharding.batch_sharding(mesh)
+
+  init_fn = functools.partial(state_lib.create, model=model, method=method,
+                              tx=tx, image_shape=image_shape,
+                              teacher=teacher_vars)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(init_fn, rng)
+  state_sh = jax.tree.map(lambda _: repl, abstract)
+  manager = checkpoint.make_manager(
+      workdir, max_to_keep=config.keep_checkpoints,
+      save_interval_steps=1)
+  state = checkpoint.restore_latest(
+      manager, checkpoint.abstract_like(abstract, state_sh))
+  if state is None:
+    state = jax.jit(init_fn, out_shardings=state_sh)(rng)
+  start = int(jax.device_get(state.step))
+  if start and jax.process_index() == 0:
+    print(f"Resuming from step {start} in {workdir}", flush=True)
+
+  train_step = jax.jit(
+      steps.make_train_step(
+          model=model, method=method, tx=tx, mean=train_ds.mean,
+          std=train_ds.std, crop_pad=config.augment.crop_pad,
+          flip=config.augment.flip, steps_per_epoch=steps_per_epoch,
+          num_epochs=config.num_epochs, teacher_model=teacher_model,
+          dtype=dtype),
+      in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
+      donate_argnums=(0,))
+  predictor = Predictor(model, train_ds.mean, train_ds.std, mesh,
+                        config.eval_batch_size, dtype)
+  writer = metrics_lib.MetricWriter(workdir)
+  variables = lambda s: {"params": s.params["model"],
+                         "batch_stats": s.batch_stats}
+
+  def evaluate(s, split):
+    ds = splits[split]
+    res = accuracy_table(predictor.logits(variables(s), ds), ds.labels)
+    writer.write_scalars(int(jax.device_get(s.step)), {
+        **{f"acc/exit{k}": a for k, a in enumerate(res["acc"])},
+        **{f"ens_acc/exit{k}": a for k, a in enumerate(res["ens_acc"])}},
+        split=split)
+    return res
+
+  is_main = jax.process_index() == 0
+  bar = None
+  if is_main and config.get("progress_bar", True) and start < total_steps:
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=total_steps, initial=start, unit="step",
+                    dynamic_ncols=True, file=sys.stdout,
+                    desc=f"{config.data.name}/{config.method}")
+  pending = []
+  t0, t_log, step = time.time(), time.time(), start
+  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+  with _Preempted() as preempted:
+    for step, batch in pipeline.prefetch(batches, start, total_steps, bsh):
+      state, m = train_step(state, batch)
+      pending.append(m)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        rows = jax.device_get(pending)
+        avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        _check_finite(rows, done - len(rows), config)
+        avg["lr"] = float(lr_fn(done - 1))
+        now = time.time()
+        avg["images_per_sec"] = (len(rows) * config.batch_size
+                                 / max(now - t_log, 1e-9))
+        t_log = now
+        writer.write_scalars(done, avg)
+        if bar is not None:
+          bar.set_postfix(loss=f"{avg['loss']:.3f}", refresh=False)
+        pending = []
+      if bar is not None:
+        bar.update(1)
+      if done % eval_every == 0 and done != total_steps:
+        evaluate(state, "val")
+      if done % config.ckpt_every_steps == 0 or preempted.flag:
+        checkpoint.save(manager, done, state)
+      if preempted.flag:
+        manager.wait_until_finished()
+        if bar is not None:
+          bar.close()
+        logging.warning("Stopped at step %d after SIGTERM.", done)
+        raise SystemExit(143)
+  if bar is not None:
+    bar.close()
+  train_seconds = time.time() - t0
+  if total_steps not in manager.all_steps():
+    checkpoint.save(manager, total_steps, state, force=True)
+  manager.wait_until_finished()
+
+  results = {split: evaluate(state, split) for split in ("val", "test")}
+  results["steps"] = total_steps
+  results["train_seconds"] = train_seconds
+  results["method_state"] = jax.tree.map(
+      lambda x: np.asarray(x).tolist(), jax.device_get(state.method_state))
+  results["skipped_steps"] = int(jax.device_get(state.skipped))
+  if is_main:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"\nPer-exit top-1 accuracy ({config.data.name}, method "
+          f"{config.method}, {total_steps} steps, {train_seconds:.1f}s):")
+    print(format_table({"val": results["val"], "test": results["test"]}))
+  writer.close()
+  manager.close()
+  return results
+
+
+def _check_finite(rows, first_step: int, config):
+  """Stops the run at the first non-finite step (config.nonfinite="stop")."""
+  for i, r in enumerate(rows):
+    if r["nonfinite"] > 0 and config.get("nonfinite", "stop") == "stop":
+      bad = sorted(k for k, v in r.items()
+                   if k.startswith("loss") and not np.isfinite(v))
+      what = (f"non-finite loss term(s) {', '.join(bad)}" if bad
+              else "non-finite gradients")
+      raise FloatingPointError(
+          f"step {first_step + i + 1}: {what}; the update was not applied. "
+          "Lower the learning rate, or set --config.nonfinite=skip to skip "
+          "such steps.")
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  config_flags.DEFINE_config_file(
+      "config", _DEFAULT_CONFIG, "Config file (get_config(arg)); "
+      "'path.py:arg' selects a variant.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Work directory (default: "
+                      "runs/<data>-<method>).")
+  flags.DEFINE_bool("overwrite", False, "Start afresh in a workdir that "
+                    "holds a run of another config (old checkpoints are "
+                    "moved aside).")
+  flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize()"
+                    " (set automatically on TPU pods / SLURM / with "
+                    "JAX_COORDINATOR_ADDRESS).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.multiprocess or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO.
+  config = FLAGS.config
+  workdir = FLAGS.workdir or os.path.join(
+      "runs", f"{config.data.name}-{config.method}")
+  logging.info("Config:\n%s", config)
+  train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
