@@ -100,7 +100,7 @@ def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
     acc = exit_accuracy(logits, labels)
     metrics = dict(metrics)
     metrics.update({f"acc/exit{i}": acc[i] for i in range(acc.shape[0])})
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
     return new_state, metrics
 
