@@ -1,20 +1,33 @@
 """Data sets: `load_splits(config.data)` -> seeded train/val/test(/unlabeled).
 
 Loaders are registered by name; each returns the official "train" and "test"
-splits as in-memory `base.Dataset`s. Missing data raises one clear error that
-says where the data is expected and how to get it.
+splits as in-memory `base.Dataset`s. Missing data raises one clear error,
+`DataNotFoundError`, that says where the data is expected and how to get it;
+unusable files raise `DataError` (both are ValueErrors). docs/data.md lists
+every name, where its files go and the split settings.
 """
 
+import difflib
 from typing import Callable, Dict
 
 from mexd.data import base
+from mexd.data import cifar
 from mexd.data import digits
+from mexd.data import idx
+from mexd.data import tfds_loader
 
 Dataset = base.Dataset
+DataError = base.DataError
+DataNotFoundError = base.DataNotFoundError
 
 # name -> loader(data_dir) -> {"train": Dataset, "test": Dataset}
 _LOADERS: Dict[str, Callable[..., Dict[str, Dataset]]] = {
     "digits": digits.load,
+    "fashion_mnist": idx.load_fashion_mnist,
+    "mnist": idx.load_mnist,
+    "cifar10": cifar.load_cifar10,
+    "cifar100": cifar.load_cifar100,
+    **tfds_loader.loaders(),  # "tfds:cifar100", "tfds:svhn_cropped", ...
 }
 
 
@@ -33,9 +46,16 @@ def dataset_names():
 def load_official(name: str, data_dir=None) -> Dict[str, Dataset]:
   """The official splits of data set `name` ({"train", "test"})."""
   if name not in _LOADERS:
-    raise ValueError(f"unknown data set {name!r}; valid names: "
-                     f"{', '.join(dataset_names())}")
+    raise ValueError(_unknown_name_message(name))
   return _LOADERS[name](data_dir)
+
+
+def _unknown_name_message(name: str) -> str:
+  """Says that `name` is unknown, lists the valid names and a near match."""
+  close = difflib.get_close_matches(name, dataset_names(), n=1, cutoff=0.6)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  return (f"unknown data set {name!r}{hint}; valid names: "
+          f"{', '.join(dataset_names())}")
 
 
 def load_splits(cfg):
