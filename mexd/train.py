@@ -153,7 +153,8 @@ class _Preempted:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, overwrite: bool = False) -> Dict[str, Any]:
+                       *, overwrite: bool = False,
+                       stop_after: int | None = None) -> Dict[str, Any]:
   """Trains, checkpoints and evaluates; returns the final results dict.
 
   Args:
@@ -162,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpoint of the same config.
     overwrite: allow a workdir that holds a run of a different config
       (its checkpoints are moved aside first).
+    stop_after: stop after this global step with a checkpoint, as a
+      preemption would (resume drills and tests); returns {"stopped": step}.
 
   Returns:
     {"val": {"acc": [E], "ens_acc": [E]}, "test": {...}, "steps": int,
@@ -267,8 +270,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         bar.update(1)
       if done % eval_every == 0 and done != total_steps:
         evaluate(state, "val")
-      if done % config.ckpt_every_steps == 0 or preempted.flag:
+      stop_now = stop_after is not None and done >= stop_after
+      if (done % config.ckpt_every_steps == 0 or preempted.flag
+          or stop_now):
         checkpoint.save(manager, done, state)
+      if stop_now:
+        manager.wait_until_finished()
+        if bar is not None:
+          bar.close()
+        writer.close()
+        manager.close()
+        return {"stopped": done}
       if preempted.flag:
         manager.wait_until_finished()
         if bar is not None:
