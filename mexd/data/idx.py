@@ -75,34 +75,37 @@ MNIST = IdxSpec(
         "$MEXD_DATA_DIR/mnist (default ~/data/mnist)."))
 
 
-def channel_stats(images: np.ndarray, chunk_pixels: int = 1 << 21
+def channel_stats(images: np.ndarray, chunk_pixels: int = 1 << 22
                   ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-  """`base.channel_stats`, computed over chunks of images.
+  """`base.channel_stats` from per-channel histograms, in bounded memory.
 
-  The same (mean, std) per channel in [0, 1] units, but with bounded memory:
-  `base.channel_stats` casts the whole array to float64 at once (376 MB and
-  4 s for Fashion-MNIST train, 2.5 GB and 14 s for CIFAR train) where chunks
-  of ~2M pixels take 0.24 s. Shared by the file loaders (idx, cifar, tfds).
+  The same (mean, std) per channel in [0, 1] units (population std, at least
+  1e-3), computed exactly from 256-bin value counts over chunks of pixels.
+  `base.channel_stats` casts the whole array to float64 and reduces a narrow
+  [N * H * W, C] array: 2.5 GB and 10-14 s for CIFAR train, 4 s for
+  Fashion-MNIST; this takes about 2 s and 0.3 s on the same machine. Shared by
+  the file loaders (idx, cifar, tfds).
 
   Args:
     images: [N, H, W, C] uint8.
-    chunk_pixels: about how many pixels (N * H * W) one chunk holds.
+    chunk_pixels: pixels (rows of the [N * H * W, C] view) per chunk.
 
   Returns:
     (mean, std): tuples of C floats.
   """
-  n = len(images)
-  step = max(1, chunk_pixels // max(1, images.shape[1] * images.shape[2]))
-  first = np.zeros(images.shape[-1])  # sum of chunk means, weighted
-  second = np.zeros(images.shape[-1])  # sum of chunk E[x^2], weighted
-  for start in range(0, n, step):
-    chunk = images[start:start + step]
-    mean, std = map(np.asarray, base.channel_stats(chunk))
-    first += len(chunk) * mean
-    second += len(chunk) * (std**2 + mean**2)
-  mean = first / n
-  std = np.sqrt(np.maximum(second / n - mean**2, 0.0))
-  return tuple(mean.tolist()), tuple(np.maximum(std, 1e-3).tolist())
+  c = images.shape[-1]
+  flat = images.reshape(-1, c)  # [N * H * W, C]
+  counts = np.zeros((c, 256), np.int64)
+  for start in range(0, len(flat), chunk_pixels):
+    part = flat[start:start + chunk_pixels]
+    for k in range(c):
+      counts[k] += np.bincount(part[:, k], minlength=256)
+  values = np.arange(256) / 255.0
+  n = counts.sum(1)
+  mean = counts @ values / n
+  var = np.maximum(counts @ values**2 / n - mean**2, 0.0)
+  return (tuple(mean.tolist()),
+          tuple(np.maximum(np.sqrt(var), 1e-3).tolist()))
 
 
 def data_root() -> str:

@@ -216,6 +216,17 @@ def test_mnist_default_dir_follows_env(tiny, tmp_path, monkeypatch):
     data.load_official("mnist")
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 4, 3), (30, 28, 28, 1)])
+def test_channel_stats_match_base(shape):
+  images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  images[0] = 255  # Values at both ends of the histogram.
+  images[1] = 0
+  np.testing.assert_allclose(idx.channel_stats(images, chunk_pixels=37),
+                             base.channel_stats(images), rtol=1e-12)
+  flat = np.zeros((2, 3, 3, 2), np.uint8)
+  assert idx.channel_stats(flat) == base.channel_stats(flat)
+
+
 # ---------------------------------------------------------------- real files
 
 
@@ -260,3 +271,4 @@ def test_real_fashion_mnist_splits(real):
                                 np.full(10, 100))
   assert (splits["unlabeled"].labels == base.UNLABELED).all()
   assert len(splits["test"]) == 10_000
+
