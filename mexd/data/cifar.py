@@ -176,6 +176,7 @@ def _locate(data_dir: str, spec: CifarSpec) -> Tuple[str, str]:
 
 def _read_dir(folder: str, names: Sequence[str], spec: CifarSpec
               ) -> Dict[str, bytes]:
+  """The bytes of the named batch files in the extracted `folder`."""
   out = {}
   for name in names:
     path = os.path.join(folder, name)
