@@ -31,7 +31,6 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from mexd.data import base
-from mexd.data import idx
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SIDE = 32
@@ -243,7 +242,7 @@ def load(data_dir: Optional[str] = None, *, spec: CifarSpec = CIFAR10
 
   train_x, train_y = concat(spec.train_files)
   test_x, test_y = concat(spec.test_files)
-  mean, std = idx.channel_stats(train_x)
+  mean, std = base.channel_stats(train_x)
   return {
       "train": base.Dataset(train_x, train_y, spec.num_classes, mean, std),
       "test": base.Dataset(test_x, test_y, spec.num_classes, mean, std),

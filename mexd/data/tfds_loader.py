@@ -26,7 +26,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from mexd.data import base
-from mexd.data import idx
 
 # tfds names served here (registered as "tfds:<name>").
 NAMES = ("cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist",
@@ -185,7 +184,7 @@ def load(name: str, data_dir: Optional[str] = None, *,
     arrays[split] = to_numpy(
         sources[tfds_split], where=f"tfds:{name} {tfds_split} split",
         image_size=image_size, max_gib=max_gib)
-  mean, std = idx.channel_stats(arrays["train"][0])
+  mean, std = base.channel_stats(arrays["train"][0])
   return {split: base.Dataset(x, y, num_classes, mean, std)
           for split, (x, y) in arrays.items()}
 
