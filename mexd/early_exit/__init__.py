@@ -1,0 +1,33 @@
+"""Early-exit inference: exit policies, threshold calibration, staged runs.
+
+  policies   scores [E, N] from logits [E, N, C]; exit_index; simulate
+  calibrate  thresholds from validation: MSDNet sweep, cost budget,
+             accuracy-drop tolerance (optionally with a Learn-then-Test
+             guarantee), violation_rate
+  staged     StagedPredictor: runs stage k only on the examples still in
+  plots      accuracy-vs-cost curves and per-exit accuracy bars (PNG)
+
+See docs/early_exit.md.
+"""
+
+from mexd.early_exit import calibrate
+from mexd.early_exit import plots
+from mexd.early_exit import policies
+from mexd.early_exit import staged
+from mexd.early_exit.calibrate import calibrate_accuracy_drop
+from mexd.early_exit.calibrate import calibrate_budget
+from mexd.early_exit.calibrate import Calibration
+from mexd.early_exit.calibrate import msdnet_sweep
+from mexd.early_exit.calibrate import msdnet_thresholds
+from mexd.early_exit.calibrate import violation_rate
+from mexd.early_exit.plots import plot_accuracy_cost
+from mexd.early_exit.plots import plot_exit_accuracy
+from mexd.early_exit.policies import evaluate_curve
+from mexd.early_exit.policies import exit_index
+from mexd.early_exit.policies import per_exit_accuracy
+from mexd.early_exit.policies import policy_names
+from mexd.early_exit.policies import scores
+from mexd.early_exit.policies import simulate
+from mexd.early_exit.policies import uniform_thresholds
+from mexd.early_exit.staged import StagedPredictor
+from mexd.early_exit.staged import StagedResult

@@ -23,6 +23,7 @@ Example:
   >>> out["accuracy"], out["avg_cost"], out["exit_fraction"]
 """
 
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -117,6 +118,7 @@ def get_score_fn(policy: str) -> Callable[[Array], Array]:
   return fn
 
 
+@functools.partial(jax.jit, static_argnames="policy")
 def scores(logits: Array, policy: str = "max_prob") -> Array:
   """Confidence score of every exit and example (higher = more confident).
 
@@ -182,9 +184,11 @@ def _costs(exit_costs, num_exits: int) -> Array:
   return costs
 
 
-def _outcome(scores_, all_preds, labels, thresholds, costs):
-  """simulate() given scores [E, N] and every exit's argmax [E, N]."""
+@jax.jit
+def _outcome(scores_, logits, labels, thresholds, costs):
+  """simulate() given the scores [E, N]."""
   num_exits, n = scores_.shape
+  all_preds = jnp.argmax(logits, -1)  # [E, N]
   ex = exit_index(scores_, thresholds)  # [N]
   preds = all_preds[ex, jnp.arange(n)].astype(jnp.int32)  # [N]
   return {
@@ -195,6 +199,10 @@ def _outcome(scores_, all_preds, labels, thresholds, costs):
       "predictions": preds,
       "exit": ex,
   }
+
+
+# One simulate() per threshold vector: thresholds [P, E].
+_curve = jax.jit(jax.vmap(_outcome, in_axes=(None, None, None, 0, None)))
 
 
 def simulate(logits: Array, labels: Array, thresholds: Array,
@@ -217,8 +225,8 @@ def simulate(logits: Array, labels: Array, thresholds: Array,
   """
   logits = jnp.asarray(logits)
   costs = _costs(exit_costs, logits.shape[0])
-  return _outcome(scores(logits, policy), jnp.argmax(logits, -1),
-                  jnp.asarray(labels), thresholds, costs)
+  return _outcome(scores(logits, policy), logits, jnp.asarray(labels),
+                  jnp.asarray(thresholds, jnp.float32), costs)
 
 
 def evaluate_curve(logits: Array, labels: Array, thresholds: Array,
@@ -238,8 +246,6 @@ def evaluate_curve(logits: Array, labels: Array, thresholds: Array,
   """
   logits = jnp.asarray(logits)
   costs = _costs(exit_costs, logits.shape[0])
-  s, preds = scores(logits, policy), jnp.argmax(logits, -1)
-  labels = jnp.asarray(labels)
-  out = jax.vmap(lambda t: _outcome(s, preds, labels, t, costs))(
-      jnp.asarray(thresholds, jnp.float32))
+  out = _curve(scores(logits, policy), logits, jnp.asarray(labels),
+               jnp.asarray(thresholds, jnp.float32), costs)
   return {key: out[key] for key in ("avg_cost", "accuracy", "exit_fraction")}

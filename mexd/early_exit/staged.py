@@ -60,6 +60,34 @@ def _gather(tree, idx):
   return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
 
 
+# (model, stage, bucket) of every stage trace, i.e. every XLA compilation.
+_TRACES: List[Tuple[Any, int, int]] = []
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_fn(model, k: int):
+  """The jitted stage k of `model`, shared by every predictor of the model.
+
+  Policy and thresholds stay out of it, so predictors of one model that
+  differ in policy or thresholds compile no stage anew.
+  """
+
+  def fn(variables, h):
+    """h (padded batch [b, ...]) -> (h_k, logits_k [b, C])."""
+    _TRACES.append((model, k, jax.tree.leaves(h)[0].shape[0]))
+    h, logits, _ = model.apply(variables, k, h, train=False, method="stage")
+    return h, logits
+
+  return jax.jit(fn)
+
+
+@functools.partial(jax.jit, static_argnames="policy")
+def _exit_test(policy: str, logits, state, theta):
+  """Policy score of one exit vs its threshold -> (new state, exit [b])."""
+  score, state = policies.score_step(policy, logits, state)
+  return state, score >= theta
+
+
 class StagedPredictor:
   """Stage-by-stage early-exit inference of a `MultiExitModel`.
 
@@ -85,28 +113,18 @@ class StagedPredictor:
     if thresholds.shape != (self.num_exits,):
       raise ValueError(f"thresholds {thresholds.shape} must have one entry "
                        f"per exit, E = {self.num_exits}")
-    self.thresholds = jnp.asarray(thresholds)
+    self.thresholds = thresholds
     if buckets is not None:
       buckets = sorted(set(int(b) for b in buckets))
       if buckets[0] < 1:
         raise ValueError(f"buckets must be positive, got {buckets}")
     self.buckets = buckets
-    # (stage, bucket) pairs traced so far: one XLA compilation each.
-    self.compiled: List[Tuple[int, int]] = []
-    self._stage_fns = [jax.jit(functools.partial(self._stage, k))
-                       for k in range(self.num_exits)]
+    self._stage_fns = [_stage_fn(model, k) for k in range(self.num_exits)]
 
-  def _stage(self, k, variables, h, state, thresholds):
-    """Stage k on a padded batch -> (h_k, policy state, exit mask [b])."""
-    self.compiled.append((k, jax.tree.leaves(h)[0].shape[0]))  # trace time
-    h, logits, _ = self.model.apply(variables, k, h, train=False,
-                                    method="stage")
-    score, state = policies.score_step(self.policy, logits, state)
-    if k == self.num_exits - 1:
-      done = jnp.ones(score.shape, bool)
-    else:
-      done = score >= thresholds[k]
-    return h, state, done
+  @property
+  def compiled(self) -> List[Tuple[int, int]]:
+    """(stage, bucket) of every stage compilation of this model so far."""
+    return [(k, b) for m, k, b in _TRACES if m == self.model]
 
   def bucket(self, n: int) -> int:
     """The padded batch size for n live examples."""
@@ -170,10 +188,12 @@ class StagedPredictor:
     state = policies.init_state(b)
     for k in range(e):
       reached[k], padded[k] = pos.size, b
-      h, state, done = self._stage_fns[k](self.variables, h, state,
-                                          self.thresholds)
+      h, logits = self._stage_fns[k](self.variables, h)
+      state, done = _exit_test(self.policy, logits, state, self.thresholds[k])
       done_np, pred_np = jax.device_get((done, state[0]))  # one sync a stage
       done_np, pred_np = done_np[:pos.size], pred_np[:pos.size]
+      if k == e - 1:
+        done_np = np.ones_like(done_np)  # the final exit takes everyone left
       preds[pos[done_np]] = pred_np[done_np]
       exits[pos[done_np]] = k
       keep = np.flatnonzero(~done_np)

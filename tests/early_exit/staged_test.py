@@ -1,0 +1,129 @@
+"""Staged early exit on digits_cnn equals simulate() on one-pass logits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mexd import models
+from mexd.early_exit import policies
+from mexd.early_exit import staged
+
+N = 50
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """digits_cnn with random NumPy weights (no PRNG compiles), images, logits.
+
+  Every head's output bias gets the same random offsets so that exits often
+  agree (the patience policy then exits early too).
+  """
+  model = models.get_model("digits_cnn", num_classes=10)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 8, 8, 1)))
+  rng = np.random.default_rng(0)
+  class_bias = rng.normal(size=10) * 3
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "kernel" in name:
+      fan_in = np.prod(leaf.shape[:-1])
+      return rng.normal(size=leaf.shape).astype(np.float32) * np.sqrt(
+          2 / fan_in)
+    if "'out'" in name and "bias" in name:
+      return class_bias.astype(np.float32)
+    if "scale" in name or "var" in name:
+      return np.ones(leaf.shape, np.float32)
+    return rng.normal(size=leaf.shape).astype(np.float32) * 0.1
+
+  variables = jax.tree_util.tree_map_with_path(fill, shapes)
+  images = rng.normal(size=(N, 8, 8, 1)).astype(np.float32)
+  logits, _ = jax.jit(model.apply)(variables, images)
+  return model, variables, images, np.asarray(logits)
+
+
+def _mixing_thresholds(s, fractions=(0.35, 0.4)):
+  """Thresholds between two distinct sorted scores, far from both.
+
+  About `fractions[k]` of the examples pass exit k's test; the midpoint of
+  the widest nearby gap keeps rounding differences between the staged and
+  the one-pass logits away from the decision.
+  """
+  th = []
+  for k, f in enumerate(fractions):
+    v = np.sort(np.unique(s[k]))[::-1]
+    i = int(f * v.size)
+    gaps = v[i - 3:i + 3] - v[i - 2:i + 4]
+    j = i - 3 + int(np.argmax(gaps))
+    th.append((v[j] + v[j + 1]) / 2)
+  return np.array(th + [-np.inf], np.float32)
+
+
+@pytest.mark.parametrize("policy", ["max_prob", "patience"])
+def test_staged_equals_simulate(setup, policy):
+  model, variables, images, logits = setup
+  s = np.asarray(policies.scores(logits, policy))
+  # Patience: run lengths at exit 0 are all 1, so exit 0 gets nobody.
+  th = (np.array([2, 2, -np.inf], np.float32) if policy == "patience"
+        else _mixing_thresholds(s))
+  ref = policies.simulate(logits, np.zeros(N, np.int32), th, policy)
+  out = staged.StagedPredictor(model, variables, th, policy).run(images)
+  np.testing.assert_array_equal(out.exits, ref["exit"])
+  np.testing.assert_array_equal(out.predictions, ref["predictions"])
+  counts = np.bincount(out.exits, minlength=3)
+  assert np.all(counts[policy == "patience":] > 0), counts  # a mix of exits
+  # Examples reaching stage k: everybody not gone at an earlier exit.
+  np.testing.assert_array_equal(out.reached,
+                                [N, N - counts[0], counts[2]])
+  assert out.reached[0] >= out.reached[1] > out.reached[2]
+  assert (out.reached[0] > out.reached[1]) == (policy != "patience")
+  np.testing.assert_array_equal(
+      out.padded, [1 << int(r - 1).bit_length() for r in out.reached])
+
+
+def test_buckets_compile_once_and_chunk(setup):
+  model, variables, images, logits = setup
+  th = _mixing_thresholds(np.asarray(policies.scores(logits, "margin")))
+  ref = policies.simulate(logits, np.zeros(N, np.int32), th, "margin")
+  pred = staged.StagedPredictor(model, variables, th, "margin")
+  pred(images)
+  assert (0, 64) in pred.compiled
+  # Another batch size in the same stage-0 bucket (64) reuses its program,
+  pred(images[:40])
+  # and so does a predictor with another policy and other thresholds.
+  staged.StagedPredictor(model, variables, th * 0.9, "max_prob")(images)
+  assert pred.compiled.count((0, 64)) == 1
+  assert len(pred.compiled) == len(set(pred.compiled))  # once per bucket
+  # Fixed buckets: chunks of the largest one (32 + 18), padded to a listed
+  # size (32 only, here).
+  one = staged.StagedPredictor(model, variables, th, "margin", buckets=(32,))
+  out = one.run(images)
+  np.testing.assert_array_equal(out.predictions, ref["predictions"])
+  np.testing.assert_array_equal(out.exits, ref["exit"])
+  np.testing.assert_array_equal(out.padded, [32, 32, 32])
+  assert out.reached[0] == N
+  several = staged.StagedPredictor(model, variables, th, buckets=(16, 4, 8))
+  assert [several.bucket(n) for n in (1, 4, 5, 9, 16)] == [4, 4, 8, 16, 16]
+  with pytest.raises(ValueError, match="largest bucket"):
+    several.bucket(17)
+
+
+def test_predict_one(setup):
+  model, variables, images, logits = setup
+  th = _mixing_thresholds(np.asarray(policies.scores(logits, "max_prob")))
+  ref = policies.simulate(logits, np.zeros(N, np.int32), th, "max_prob")
+  pred = staged.StagedPredictor(model, variables, th)
+  exits = np.asarray(ref["exit"])
+  for k in range(3):  # one example leaving at each exit
+    i = int(np.flatnonzero(exits == k)[0])
+    assert pred.predict_one(images[i]) == (int(ref["predictions"][i]), k)
+  assert {(0, 1), (1, 1), (2, 1)} <= set(pred.compiled)
+
+
+def test_bad_arguments(setup):
+  model, variables, _, _ = setup
+  with pytest.raises(ValueError, match="one entry per exit"):
+    staged.StagedPredictor(model, variables, [0.5, -np.inf])
+  with pytest.raises(ValueError, match="valid policies"):
+    staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf], "nope")
