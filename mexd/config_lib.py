@@ -70,3 +70,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.nonfinite = "stop"  # or "skip": drop the update, count it, go on.
   c.progress_bar = True
   return c
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def validate(config) -> None:
+  """Checks the general fields of a run config; raises one clear ValueError.
+
+  Names (data set, model, method, optimizer, schedule) and the method's
+  hyperparameters are checked where they are resolved; this covers types and
+  ranges of the trainer's own fields, before anything is written.
+  """
+  def positive_int(name):
+    v = config.get(name)
+    _require(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+             f"config.{name} must be a positive integer, got {v!r}")
+
+  for name in ("batch_size", "eval_batch_size", "num_epochs",
+               "log_every_steps", "ckpt_every_steps", "keep_checkpoints"):
+    positive_int(name)
+  _require(config.eval_every_epochs > 0,
+           f"config.eval_every_epochs must be > 0, got "
+           f"{config.eval_every_epochs!r}")
+  _require(config.nonfinite in ("stop", "skip"),
+           f"config.nonfinite must be 'stop' or 'skip', got "
+           f"{config.nonfinite!r}")
+  o = config.optimizer
+  _require(o.lr > 0, f"config.optimizer.lr must be > 0, got {o.lr!r}")
+  _require(o.weight_decay >= 0, "config.optimizer.weight_decay must be >= 0, "
+           f"got {o.weight_decay!r}")
+  _require(0 <= o.momentum < 1, "config.optimizer.momentum must be in [0, 1),"
+           f" got {o.momentum!r}")
+  d = config.data
+  _require(0 <= d.unlabeled_batch < config.batch_size,
+           f"config.data.unlabeled_batch must be in [0, batch_size="
+           f"{config.batch_size}), got {d.unlabeled_batch!r}")
+  _require(config.augment.crop_pad >= 0, "config.augment.crop_pad must be "
+           f">= 0, got {config.augment.crop_pad!r}")
+  _require(config.method in losses.method_names(),
+           f"unknown method {config.method!r}; valid names: "
+           f"{', '.join(losses.method_names())}")

@@ -29,7 +29,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from mexd import checkpoint
+from mexd import config_lib
 from mexd import data as data_lib
+from mexd import errors
 from mexd import losses
 from mexd import metrics as metrics_lib
 from mexd import models
@@ -171,6 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
      "train_seconds": float}.
   """
   # Everything that can be validated is validated before writing anything.
+  config_lib.validate(config)
   method = build_method(config)
   splits, split_idx = data_lib.load_splits(config.data)
   train_ds = splits["train"]
@@ -187,12 +190,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if method.needs_teacher:
     teacher_model, teacher_vars = load_teacher(config, num_classes,
                                                image_shape)
-  workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
-
   steps_per_epoch = batches.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   tx, lr_fn = optim.make_optimizer(config.optimizer, steps_per_epoch,
                                    config.num_epochs)
+  workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
   dtype = compute_dtype(config)
   repl = sharding.replicated(mesh)
   bsh = sharding.batch_sharding(mesh)
@@ -252,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for step, batch in pipeline.prefetch(batches, start, total_steps, bsh):
       state, m = train_step(state, batch)
       pending.append(m)
+      if len(pending) > 2:  # At most 2 steps in flight: an honest ETA.
+        jax.block_until_ready(pending[-3]["loss"])
       done = step + 1
       if done % config.log_every_steps == 0 or done == total_steps:
         rows = jax.device_get(pending)
@@ -342,18 +346,32 @@ def define_flags():
                     "JAX_COORDINATOR_ADDRESS).")
 
 
+def _process_env():
+  """num_processes / process_id from JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+
+  jax reads JAX_COORDINATOR_ADDRESS and detects SLURM, Cloud TPU, Open MPI
+  and k8s by itself; elsewhere (launch/local_multiprocess.py) the process
+  count and id come from these variables.
+  """
+  names = {"num_processes": "JAX_NUM_PROCESSES",
+           "process_id": "JAX_PROCESS_ID"}
+  return {k: int(os.environ[v]) for k, v in names.items()
+          if os.environ.get(v)}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.multiprocess or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_process_env())
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO.
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join(
       "runs", f"{config.data.name}-{config.method}")
   logging.info("Config:\n%s", config)
-  train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+  with errors.one_line_errors("mexd.train"):
+    train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":
