@@ -113,3 +113,19 @@ def validate(config) -> None:
   _require(config.method in losses.method_names(),
            f"unknown method {config.method!r}; valid names: "
            f"{', '.join(losses.method_names())}")
+
+
+def load_sibling(this_file: str, name: str):
+  """Imports config module `name`.py from the folder of `this_file`.
+
+  Lets a config build on another (configs/cifar10.py on cifar100.py) however
+  the file was loaded (by path through --config, or as a module).
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)),
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"mexd_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,0 +1,16 @@
+"""CIFAR-10 recipes: the CIFAR-100 ones on 10 classes (ERDE's data sets).
+
+  python -m mexd.train --config=configs/cifar10.py:method=ce --workdir=runs/c10-teacher
+  python -m mexd.train --config=configs/cifar10.py:method=erde,student=True \
+      --config.teacher_workdir=runs/c10-teacher
+"""
+
+from mexd import config_lib
+
+cifar100 = config_lib.load_sibling(__file__, "cifar100")
+
+
+def get_config(arg=None):
+  c = cifar100.get_config(arg)
+  c.data.name = "cifar10"
+  return c
