@@ -169,6 +169,8 @@ def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
     >>> round(float(byot_loss(z, y, f)[0]), 4)  # 0.7 * 3 * log(4)
     2.9112
   """
+  if feature_weight and features is None:
+    raise ValueError("BYOT with feature_weight > 0 needs outputs['features']")
   teacher = jax.lax.stop_gradient(logits[-1])                    # [B, C]
   ce = common.ce_per_exit(logits, labels)                         # [E]
   kd = jnp.mean(common.kl_per_example(teacher[None], logits[:-1],
@@ -177,8 +179,6 @@ def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
   weights = {"ce": 1.0 - alpha, "kd": alpha}
   feat = None
   if feature_weight:
-    if features is None:
-      raise ValueError("BYOT with feature_weight > 0 needs outputs['features']")
     feat = common.masked_feature_mse(
         features[:-1], jax.lax.stop_gradient(features[-1]))       # [E-1]
     terms["feat"] = jnp.sum(feat)

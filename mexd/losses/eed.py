@@ -53,6 +53,9 @@ def loss_with_targets(logits: Array, labels: Array,
     (loss, metrics) with "loss/ce", "loss/mse" or "loss/kd", "loss/feat" and
     the per-exit "ce/exit{i}", "mse/exit{i}" or "kd/exit{i}", "feat/exit{i}".
   """
+  if output_loss not in OUTPUT_LOSSES:
+    raise ValueError(f"unknown output_loss {output_loss!r}; valid: "
+                     f"{', '.join(OUTPUT_LOSSES)}")
   ce = common.ce_per_exit(logits, labels)                          # [E]
   terms = {"ce": jnp.sum(ce)}
   weights = {}
@@ -61,15 +64,12 @@ def loss_with_targets(logits: Array, labels: Array,
     out = jnp.mean((logits.astype(jnp.float32) - target_logits[None]) ** 2,
                    axis=(-2, -1))                                   # [E]
     terms["mse"] = jnp.sum(out)
-  elif output_loss == "kl":
+  else:
     out_name = "kd"
     out = jnp.mean(common.kl_per_example(target_logits[None], logits,
                                          temperature), axis=-1)     # [E]
     terms["kd"] = temperature**2 * jnp.sum(out)
     weights["kd"] = kl_weight
-  else:
-    raise ValueError(f"unknown output_loss {output_loss!r}; valid: "
-                     f"{', '.join(OUTPUT_LOSSES)}")
   feat = None
   if target_features is not None:
     feat = common.masked_feature_mse(features, target_features)    # [E]

@@ -8,7 +8,8 @@ weights and is the *primary* teacher of exit k:
   W[k]  = softmax(P[k] + A[k])              P[k, j] = -|j - min(k+1, E-1)|
   t_k   = sum_j W[k, j] sg(z_j)             [B, C]
   L_A   = sum_k CE(t_k, y)                  (only A gets gradient)
-  L_KD_i = beta KL(q_i || p_i^T) + (1 - beta)/(E - 1) sum_{k != i} KL(q_k || p_i^T)
+  L_KD_i = beta KL(q_i || p_i^T)
+           + (1 - beta) / (E - 1) sum_{k != i} KL(q_k || p_i^T)
   L     = sum_i [CE(z_i, y) + T^2 L_KD_i] + L_A,   q_k = sg(softmax(t_k / T))
 
 `A` [E, E] (init 0) is the method's trainable parameter; the fixed prior P
