@@ -48,10 +48,15 @@ class Calibration(NamedTuple):
   info: Dict[str, Any]
 
 
+def _scores(logits, policy) -> np.ndarray:
+  """[E, N, C] -> float32 scores [E, N] (NumPy), as `simulate` sees them."""
+  return np.asarray(policies.scores(np.asarray(logits), policy), np.float32)
+
+
 def _prepare(logits, policy, exit_costs=None):
   """-> scores [E, N] f32, argmax [E, N], costs [E] f64 (NumPy)."""
   logits = np.asarray(logits)
-  s = np.asarray(policies.scores(logits, policy), np.float32)
+  s = _scores(logits, policy)
   costs = np.asarray(policies.default_costs(logits.shape[0])
                      if exit_costs is None else exit_costs, np.float64)
   if costs.shape != (logits.shape[0],):
@@ -68,8 +73,12 @@ def _exits(s: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _avg_cost(counts: np.ndarray, costs: np.ndarray) -> np.ndarray:
-  """Counts per exit [..., E] -> average cost [...] (one formula everywhere)."""
-  return (counts @ costs) / counts.sum(-1)
+  """Counts per exit [..., E] -> average cost [...].
+
+  One formula, with one summation order, for every candidate and for the
+  reported cost, so that a budget check on validation is exact.
+  """
+  return (counts * costs).sum(-1) / counts.sum(-1)
 
 
 def _evaluate(s, correct, costs, thresholds):
@@ -172,7 +181,7 @@ def msdnet_thresholds(val_logits: Array, p: float,
   Returns:
     [E] float32 thresholds.
   """
-  s = np.asarray(policies.scores(np.asarray(val_logits), policy), np.float32)
+  s = _scores(val_logits, policy)
   return _msdnet_walk(s, msdnet_proportions(p, s.shape[0]))
 
 
@@ -185,7 +194,7 @@ def msdnet_sweep(val_logits: Array, ps: Sequence[float] = DEFAULT_PS,
     `policies.evaluate_curve(test_logits, test_labels, thresholds, policy,
     exit_costs)` to get the (avg cost, accuracy) curve.
   """
-  s = np.asarray(policies.scores(np.asarray(val_logits), policy), np.float32)
+  s = _scores(val_logits, policy)
   ps = np.asarray(ps, np.float64)
   return ps, np.stack([_msdnet_walk(s, msdnet_proportions(p, s.shape[0]))
                        for p in ps])

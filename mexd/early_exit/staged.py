@@ -146,6 +146,10 @@ class StagedPredictor:
       a `StagedResult` (predictions [N], exits [N], reached [E], padded [E]).
     """
     n = images.shape[0]
+    if n == 0:
+      empty = np.zeros(0, np.int32)
+      return StagedResult(empty, empty, np.zeros(self.num_exits, np.int64),
+                          np.zeros(self.num_exits, np.int64))
     step = n if self.buckets is None else self.buckets[-1]
     parts = [self._run_chunk(images[i:i + step]) for i in range(0, n, step)]
     return StagedResult(
