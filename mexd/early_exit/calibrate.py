@@ -301,15 +301,13 @@ def hb_pvalue(risk_hat: float, n: int, alpha: float,
 def default_lambdas(policy: str, num_exits: int,
                     num_classes: int) -> np.ndarray:
   """Data-independent lambda grid for LTT, most conservative first."""
-  t = 1.0 - np.logspace(-7, 0, 141)  # 1 - 1e-7 ... 0
-  if policy in ("max_prob", "margin"):
-    grid = t
-  elif policy == "entropy":
+  policies.check_policy(policy)
+  if policy == "entropy":  # -H from -1e-7 down to -log C
     grid = -np.logspace(-7, np.log10(np.log(num_classes)), 141)
   elif policy == "patience":
     grid = np.arange(num_exits, 0, -1, dtype=np.float64)
-  else:
-    policies.get_score_fn(policy)  # raises with the valid names
+  else:  # max_prob, margin: 1 - 1e-7 down to 0
+    grid = 1.0 - np.logspace(-7, 0, 141)
   return np.asarray(grid, np.float32)
 
 
