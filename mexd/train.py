@@ -68,7 +68,9 @@ def compute_dtype(config):
 class Predictor:
   """Jitted, sharded eval-mode forward pass over a whole split."""
 
-  def __init__(self, model, mean, std, mesh, batch_size: int, dtype):
+  def __init__(self, model, mean, std, mesh, batch_size: int, dtype,
+               image_shape=None):
+    self.image_shape = None if image_shape is None else tuple(image_shape)
     self.mesh = mesh
     self.batch_size = batch_size
     self._fn = jax.jit(
@@ -77,7 +79,15 @@ class Predictor:
     self._bsh = sharding.batch_sharding(mesh)
 
   def logits(self, variables, ds: data_lib.Dataset) -> np.ndarray:
-    """[E, N, C] float32 logits of every exit for every image of ds."""
+    """[E, N, C] float32 logits of every exit for every image of ds.
+
+    Raises:
+      ValueError: ds's images are not of the model's image shape.
+    """
+    if self.image_shape is not None and ds.image_shape != self.image_shape:
+      raise ValueError(f"images of shape {ds.image_shape} given to a model "
+                       f"trained on {self.image_shape} images; resize them "
+                       "or use a model trained on this size")
     out = []
     for batch, valid in pipeline.eval_batches(ds, self.batch_size):
       rows = pipeline.host_slice(self.batch_size)
@@ -194,7 +204,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = steps_per_epoch * config.num_epochs
   tx, lr_fn = optim.make_optimizer(config.optimizer, steps_per_epoch,
                                    config.num_epochs)
-  workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
   dtype = compute_dtype(config)
   repl = sharding.replicated(mesh)
   bsh = sharding.batch_sharding(mesh)
@@ -203,7 +212,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               tx=tx, image_shape=image_shape,
                               teacher=teacher_vars)
   rng = jax.random.PRNGKey(config.seed)
-  abstract = jax.eval_shape(init_fn, rng)
+  abstract = jax.eval_shape(init_fn, rng)  # Also validates the model.
+  step_fn = steps.make_train_step(
+      model=model, method=method, tx=tx, mean=train_ds.mean,
+      std=train_ds.std, crop_pad=config.augment.crop_pad,
+      flip=config.augment.flip, steps_per_epoch=steps_per_epoch,
+      num_epochs=config.num_epochs, teacher_model=teacher_model, dtype=dtype)
+  # Tracing the step once validates the loss against the model's exits
+  # (e.g. a per-exit hyperparameter of the wrong length) before any write.
+  jax.eval_shape(step_fn, abstract, {
+      "image": jax.ShapeDtypeStruct((config.batch_size,) + image_shape,
+                                    jnp.uint8),
+      "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)})
+  workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
   state_sh = jax.tree.map(lambda _: repl, abstract)
   manager = checkpoint.make_manager(
       workdir, max_to_keep=config.keep_checkpoints,
@@ -217,16 +238,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     print(f"Resuming from step {start} in {workdir}", flush=True)
 
   train_step = jax.jit(
-      steps.make_train_step(
-          model=model, method=method, tx=tx, mean=train_ds.mean,
-          std=train_ds.std, crop_pad=config.augment.crop_pad,
-          flip=config.augment.flip, steps_per_epoch=steps_per_epoch,
-          num_epochs=config.num_epochs, teacher_model=teacher_model,
-          dtype=dtype),
-      in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
+      step_fn, in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
       donate_argnums=(0,))
   predictor = Predictor(model, train_ds.mean, train_ds.std, mesh,
-                        config.eval_batch_size, dtype)
+                        config.eval_batch_size, dtype, image_shape)
   writer = metrics_lib.MetricWriter(workdir)
   variables = lambda s: {"params": s.params["model"],
                          "batch_stats": s.batch_stats}

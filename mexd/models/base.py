@@ -69,6 +69,9 @@ class MultiExitModel(nn.Module):
     Returns:
       (logits [E, B, num_classes] float32, {"features": [E, B, D] float32}).
     """
+    if self.num_exits == 0:
+      raise ValueError(f"{type(self).__name__} has zero exits; a multi-exit "
+                       "model needs at least one stage with an exit head")
     h = images
     logits, feats = [], []
     for k in range(self.num_exits):

@@ -1,0 +1,119 @@
+"""Every bad input gives one clear error naming the problem; nothing is written."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import digits
+from mexd import data as data_lib
+from mexd import train
+from mexd import workdir as workdir_lib
+from mexd.data import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _set(config, dotted, value):
+  *path, last = dotted.split(".")
+  node = config
+  for p in path:
+    node = node[p]
+  node[last] = value
+
+
+# (overrides, regex the message must match)
+BAD_CONFIGS = [
+    ({"data.name": "imagenet9"}, r"unknown data set 'imagenet9'.*digits"),
+    ({"model.name": "resnet999"}, r"unknown model 'resnet999'.*resnet18"),
+    ({"method": "foo"}, r"unknown method 'foo'.*valid names: .*eed"),
+    ({"method": "pl_const", "loss.pl_const.temperature": -1.0},
+     r"temperature must be > 0"),
+    ({"loss.pl.c": 1.5}, r"c \(the distillation weight C\) must be in \[0, 1\]"),
+    ({"model.kwargs.widths": (), "model.kwargs.strides": ()},
+     r"zero exits"),
+    ({"batch_size": 60, "num_devices": 8}, r"60 is not divisible by the 8"),
+    ({"batch_size": 0}, r"batch_size must be a positive integer"),
+    ({"num_epochs": -1}, r"num_epochs must be a positive integer"),
+    ({"optimizer.lr": -0.1}, r"optimizer.lr must be > 0"),
+    ({"optimizer.name": "adam9"}, r"unknown optimizer 'adam9'; valid: sgd"),
+    ({"optimizer.schedule": "linear9"}, r"unknown schedule 'linear9'"),
+    ({"optimizer.momentum": 1.5}, r"momentum must be in \[0, 1\)"),
+    ({"data.val_size": 100000}, r"val_size must be in \[0, 1438\)"),
+    ({"data.labeled_per_class": 0}, r"labeled_per_class must be positive"),
+    ({"data.unlabeled_batch": 64}, r"unlabeled_batch must be in \[0, "),
+    ({"data.unlabeled_batch": 16}, r"needs a non-empty unlabeled pool"),
+    ({"method": "erde"}, r"set --config.teacher_workdir"),
+    ({"data.name": "fashion_mnist", "data.data_dir": "/nonexistent/fm"},
+     r"/nonexistent/fm"),
+    ({"nonfinite": "ignore"}, r"nonfinite must be 'stop' or 'skip'"),
+    ({"model.dtype": "float8"}, r"unknown dtype 'float8'"),
+    ({"augment.crop_pad": -1}, r"crop_pad must be >= 0"),
+    ({"method": "eed", "loss.eed.output_loss": "l1"}, r"output_loss"),
+    ({"method": "mate", "loss.mate.beta": 2.0}, r"beta"),
+    ({"method": "byot", "loss.byot.alpha": -0.5}, r"alpha"),
+    ({"method": "sdn", "loss.sdn.tau_max": (0.1,)}, r"tau_max"),
+]
+
+
+@pytest.mark.parametrize("overrides,pattern", BAD_CONFIGS,
+                         ids=[",".join(o) for o, _ in BAD_CONFIGS])
+def test_bad_config_is_one_clear_error_and_writes_nothing(
+    tmp_path, overrides, pattern):
+  config = digits.get_config()
+  config.progress_bar = False
+  for k, v in overrides.items():
+    _set(config, k, v)
+  workdir = tmp_path / "run"
+  with pytest.raises((ValueError, FileNotFoundError), match=pattern):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists(), os.listdir(workdir)
+
+
+def test_teacher_workdir_that_is_not_a_run(tmp_path):
+  config = digits.get_config()
+  config.method = "erde"
+  config.teacher_workdir = str(tmp_path)
+  with pytest.raises(workdir_lib.WorkdirError, match="not a mexd run"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_labels_outside_class_range():
+  images = np.zeros((3, 8, 8, 1), np.uint8)
+  with pytest.raises(ValueError, match=r"1 labels outside \[0, 10\)"):
+    base.Dataset(images, np.array([0, 10, 3], np.int32), 10, (0.,), (1.,))
+
+
+def test_images_of_wrong_dtype_or_shape():
+  with pytest.raises(ValueError, match="images must be uint8"):
+    base.Dataset(np.zeros((3, 8, 8, 1), np.float32), np.zeros(3, np.int32),
+                 10, (0.,), (1.,))
+  config = digits.get_config()
+  model = train.build_model(config, 10)
+  pred = train.Predictor(model, (0.,), (1.,), train.sharding.make_mesh(1),
+                         8, np.float32, image_shape=(8, 8, 1))
+  wrong = base.Dataset(np.zeros((3, 28, 28, 1), np.uint8),
+                       np.zeros(3, np.int32), 10, (0.,), (1.,))
+  with pytest.raises(ValueError, match=r"shape \(28, 28, 1\) given to a "
+                     r"model trained on \(8, 8, 1\)"):
+    pred.logits({}, wrong)
+
+
+def test_workdir_without_checkpoint(tmp_path):
+  with pytest.raises(workdir_lib.WorkdirError, match="has no checkpoint"):
+    workdir_lib.load_variables(str(tmp_path))
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+  cmd = [sys.executable, "-m", "mexd.train", "--config.method=foo",
+         f"--workdir={tmp_path / 'run'}"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("mexd.train: error: unknown method 'foo'")
+  assert "Traceback" not in out.stderr
+  assert not (tmp_path / "run").exists()
