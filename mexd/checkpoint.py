@@ -1,15 +1,20 @@
 """A thin orbax `CheckpointManager` wrapper: save, restore-or-init, wait.
 
-Checkpoints live in `<workdir>/checkpoints/<step>/`. Restoring uses an
-abstract state that carries the target shardings, so a checkpoint written on
-8 devices restores on 1 device and back.
+Checkpoints live in `<workdir>/checkpoints/<step>/` with two items: "state"
+(the TrainState) and "integrity" (the SHA-256 of the state's bytes, computed
+on the host at save time). Restoring checks the digest, so a truncated or
+corrupted checkpoint is detected and an older one is used instead. Restoring
+uses an abstract state that carries the target shardings, so a checkpoint
+written on 8 devices restores on 1 device and back.
 """
 
+import hashlib
 import os
 from typing import Any, Optional
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -30,6 +35,46 @@ def abstract_like(state, shardings) -> Any:
       state, shardings)
 
 
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def digest(state) -> str:
+  """SHA-256 over the path, dtype, shape and bytes of every leaf.
+
+  Leaves are taken in the order of their paths (field and key names), so a
+  state restored as nested dicts has the digest of the dataclass it was.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+  named = sorted(("/".join(_key_name(k) for k in path), leaf)
+                 for path, leaf in leaves)
+  h = hashlib.sha256()
+  for name, leaf in named:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{name}:{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint's bytes do not match the digest saved with it."""
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Restores and verifies checkpoint `step`; raises if it is damaged."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      integrity=ocp.args.JsonRestore()))
+  expected = restored["integrity"]["sha256"]
+  if digest(restored["state"]) != expected:
+    raise CorruptCheckpointError(
+        f"checkpoint {step} does not match its saved SHA-256 digest")
+  return restored["state"]
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state
                    ) -> Optional[Any]:
   """Restores the newest readable checkpoint, or returns None if there is none.
@@ -42,8 +87,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state
   errors = []
   for step in steps:
     try:
-      state = manager.restore(step, args=ocp.args.StandardRestore(
-          abstract_state))
+      state = restore_step(manager, step, abstract_state)
       if errors:
         logging.warning("Fell back to checkpoint %d; unreadable: %s", step,
                         "; ".join(errors))
@@ -62,5 +106,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state
 
 def save(manager: ocp.CheckpointManager, step: int, state,
          force: bool = False) -> bool:
-  """Saves `state` at `step` (async); returns whether a save was started."""
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  """Saves `state` and its digest at `step` (the write is async).
+
+  Returns whether a save was started.
+  """
+  return manager.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      integrity=ocp.args.JsonSave({"sha256": digest(state)})))

@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mexd import checkpoint
+
 # Fields that may differ between a run and its resumption (they change how a
 # run is watched or laid out over devices, not what it computes).
 _RESUMABLE = ("progress_bar", "log_every_steps", "eval_every_epochs",
@@ -91,15 +93,18 @@ def load_variables(workdir: str, config=None, model=None, image_shape=None):
     raise WorkdirError(f"{workdir} has no checkpoint (no {ckpt_dir}); train "
                        "it first with python -m mexd.train "
                        f"--workdir={workdir}")
-  with ocp.CheckpointManager(ckpt_dir) as mngr:
-    step = mngr.latest_step()
-    if step is None:
+  # With the handler named, item_metadata() describes the arrays (else it
+  # is None and orbax restores onto the saving run's devices).
+  with ocp.CheckpointManager(ckpt_dir, item_handlers={
+      "state": ocp.StandardCheckpointHandler(),
+      "integrity": ocp.JsonCheckpointHandler()}) as mngr:
+    steps = mngr.all_steps()
+    if not steps:
       raise WorkdirError(f"{ckpt_dir} holds no finished checkpoint")
-    meta = mngr.item_metadata(step)
+    meta = mngr.item_metadata(max(steps))["state"]
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                       sharding=jax.sharding.SingleDeviceSharding(
-                                           jax.devices()[0])), meta)
-    restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
+    restored = checkpoint.restore_latest(mngr, abstract)
   return {"params": restored["params"]["model"],
           "batch_stats": restored["batch_stats"]}
