@@ -11,7 +11,10 @@ from typing import Any, Callable, Dict
 import jax.numpy as jnp
 
 from mexd.models import base
+from mexd.models import msdnet
+from mexd.models import resnet
 from mexd.models import small_cnn
+from mexd.models import vgg
 
 MultiExitModel = base.MultiExitModel
 
@@ -23,7 +26,49 @@ _REGISTRY: Dict[str, Callable[..., base.MultiExitModel]] = {
     "fashion_cnn": functools.partial(
         small_cnn.SmallCNN, widths=(32, 64, 128, 256), strides=(1, 2, 2, 2),
         head_features=128),
+    # CIFAR (32 x 32) ResNets; exits after each of the four stages.
+    "resnet10": functools.partial(resnet.ResNet, stage_sizes=(1, 1, 1, 1)),
+    "resnet18": functools.partial(resnet.ResNet, stage_sizes=(2, 2, 2, 2)),
+    "resnet18_half": functools.partial(
+        resnet.ResNet, widths=(32, 64, 128, 256), stem_width=32),
+    "resnet34": functools.partial(resnet.ResNet, stage_sizes=(3, 4, 6, 3)),
+    "resnet50": functools.partial(
+        resnet.ResNet, stage_sizes=(3, 4, 6, 3),
+        widths=(256, 512, 1024, 2048), mid_widths=(64, 128, 256, 512)),
+    # ImageNet (224 x 224) ResNets: 7x7 stride-2 stem + max pool.
+    "resnet18_imagenet": functools.partial(
+        resnet.ResNet, stage_sizes=(2, 2, 2, 2), imagenet=True),
+    "resnet34_imagenet": functools.partial(
+        resnet.ResNet, stage_sizes=(3, 4, 6, 3), imagenet=True),
+    "resnet50_imagenet": functools.partial(
+        resnet.ResNet, stage_sizes=(3, 4, 6, 3),
+        widths=(256, 512, 1024, 2048), mid_widths=(64, 128, 256, 512),
+        imagenet=True),
+    # CIFAR ResNeXt-29 (8 x 64d), WRNs and VGG-BN; three / three / five exits.
+    "resnext29_8x64d": functools.partial(
+        resnet.ResNet, stage_sizes=(3, 3, 3), widths=(256, 512, 1024),
+        mid_widths=(512, 1024, 2048), groups=8),
+    "wrn16_8": functools.partial(resnet.WideResNet, depth=16, widen_factor=8),
+    "wrn28_10": functools.partial(resnet.WideResNet, depth=28, widen_factor=10),
+    "vgg11": functools.partial(vgg.VGG, depth=11),
+    "vgg16": functools.partial(vgg.VGG, depth=16),
+    "vgg19": functools.partial(vgg.VGG, depth=19),
+    # Phuong & Lampert's CIFAR MSDNet: 3 scales, 11 exits.
+    "msdnet_cifar": msdnet.MSDNet,
 }
+
+# Input size each registered model is built for (others: 32 x 32).
+INPUT_SIZES: Dict[str, int] = {
+    "digits_cnn": 8, "fashion_cnn": 28, "small_cnn": 8,
+    "resnet18_imagenet": 224, "resnet34_imagenet": 224,
+    "resnet50_imagenet": 224,
+}
+
+
+def input_size(name: str) -> int:
+  """Canonical input height = width of the registered model `name`."""
+  return INPUT_SIZES.get(name, 32)
+
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
            "float16": jnp.float16}

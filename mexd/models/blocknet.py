@@ -1,4 +1,4 @@
-"""Block-structured multi-exit nets (ResNet, WRN, ResNeXt, VGG) and exit placement.
+"""Block-structured multi-exit nets (ResNet, WRN, ResNeXt, VGG); exit placement.
 
 An architecture is a flat list of *units* (the stem, each residual block, each
 VGG conv layer, a final BN-ReLU) built by `BlockNet.plan()`. Exits sit after

@@ -29,7 +29,7 @@ _conv, _bn = heads.conv, heads.batch_norm
 
 
 class ResNetStem(nn.Module):
-  """CIFAR: conv3x3 -> BN -> ReLU; ImageNet: conv7x7 s2 -> BN -> ReLU -> pool."""
+  """CIFAR: conv3x3-BN-ReLU; ImageNet: conv7x7 s2-BN-ReLU-maxpool3x3 s2."""
 
   in_width: int
   out_width: int

@@ -13,7 +13,7 @@ single Dense by default (pytorch-cifar); `classifier_hidden=(512, 512)` gives
 SDN's CIFAR VGG-16 head and `(512,)` the common 15.0M-parameter VGG-16-BN.
 """
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -62,20 +62,24 @@ class VGG(blocknet.BlockNet):
 
   Attributes:
     depth: 11, 13, 16 or 19 (see CONFIGS).
+    config: conv widths per block, overriding CONFIGS[depth] (e.g. a
+      thinner student); each block ends in a 2x2 max pool.
     classifier_hidden: hidden widths of the final classifier.
     (and num_classes, head, exits, dtype from `BlockNet`.)
   """
 
   depth: int = 16
+  config: Optional[Sequence[Sequence[int]]] = None
   classifier_hidden: Sequence[int] = ()
 
   @nn.nowrap
   def plan(self) -> blocknet.Plan:
-    if self.depth not in CONFIGS:
+    if self.config is None and self.depth not in CONFIGS:
       raise ValueError(f"VGG depth must be one of {sorted(CONFIGS)}, got "
                        f"{self.depth}")
+    config = CONFIGS[self.depth] if self.config is None else self.config
     units, ends, width = [], [], 3
-    for block in CONFIGS[self.depth]:
+    for block in config:
       for j, w in enumerate(block):
         units.append(VggConv(width, w, pool=j == len(block) - 1,
                              dtype=self.dtype, parent=None))
