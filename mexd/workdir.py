@@ -101,7 +101,15 @@ def load_variables(workdir: str, config=None, model=None, image_shape=None):
     steps = mngr.all_steps()
     if not steps:
       raise WorkdirError(f"{ckpt_dir} holds no finished checkpoint")
-    meta = mngr.item_metadata(max(steps))["state"]
+    meta = None
+    for step in sorted(steps, reverse=True):  # The newest readable metadata.
+      try:
+        meta = mngr.item_metadata(step)["state"]
+        break
+      except Exception:  # pylint: disable=broad-except
+        continue
+    if meta is None:
+      raise RuntimeError(f"no readable checkpoint in {ckpt_dir}")
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
