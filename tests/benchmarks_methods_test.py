@@ -1,0 +1,106 @@
+"""Smoke test of benchmarks/methods.py: aggregation, tables, one tiny run."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "benchmarks", "methods.py")
+
+
+@pytest.fixture(scope="module")
+def methods():
+  spec = importlib.util.spec_from_file_location("benchmarks_methods", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_aggregate_hand_numbers(methods):
+  # exit 0: 0.90, 0.92, 0.94 -> mean 0.92, std (ddof=1) 0.02.
+  # exit 1: 0.99 three times -> std 0.
+  agg = methods.aggregate([[0.90, 0.99], [0.92, 0.99], [0.94, 0.99]])
+  np.testing.assert_allclose(agg["mean"], [0.92, 0.99])
+  np.testing.assert_allclose(agg["std"], [0.02, 0.0], atol=1e-12)
+  assert agg["n"] == 3
+  assert methods.format_cell(agg["mean"][0], agg["std"][0], 3) == "92.0 ± 2.0"
+  assert methods.format_cell(0.98765, 0.0, 1, digits=2) == "98.77"
+  one = methods.aggregate([[0.5, 0.6]])
+  assert one["std"] == [0.0, 0.0] and one["n"] == 1
+  with pytest.raises(ValueError):
+    methods.aggregate([])
+
+
+def _rec(method, seed, acc, setting="full"):
+  return {"setting": setting, "method": method, "seed": seed,
+          "table_row": True, "test_acc": acc, "val_acc": acc, "steps": 10,
+          "epochs": 1, "train_seconds": 1.0, "wall_seconds": 2.0}
+
+
+def test_markdown_table_methods_by_exits(methods):
+  records = [_rec("pl", 0, [0.5, 0.75, 1.0]), _rec("pl", 1, [0.7, 0.75, 1.0]),
+             _rec("ce", 0, [0.4, 0.6, 0.8]), _rec("ce", 1, [0.6, 0.6, 0.8]),
+             _rec("erde", 0, [0.1, 0.2, 0.3]), _rec("erde", 1, [0.1, 0.2, 0.3]),
+             dict(_rec("kd", 0, [0.0] * 3), error="boom")]
+  agg = methods.aggregate_records(records)
+  assert list(agg["full"]) == ["ce", "pl", "erde"]  # Table order, no error.
+  table = methods.markdown_table(agg["full"]).splitlines()
+  assert table[0] == ("| method | exit 0 | exit 1 | exit 2 | seeds | steps "
+                      "| train s / run |")
+  assert len(table) == 2 + 3
+  # ce exit 0: mean 0.5, std of (0.4, 0.6) with ddof=1 = 0.1414.
+  assert table[2].startswith("| ce | 50.0 ± 14.1 | 60.0 ± 0.0 | 80.0 ± 0.0 |")
+  assert table[3].startswith("| pl | 60.0 ± 14.1 | 75.0 ± 0.0 | 100.0 ± 0.0")
+  assert table[4].startswith("| erde (student) | 10.0 ± 0.0 |")
+
+
+def test_expand_methods_and_configs(methods):
+  assert methods.expand_methods(["pl_semisup", "erde", "ce"], "full") == [
+      "ce", "ce_student", "kd", "erde"]
+  assert methods.expand_methods(["erde", "pl", "pl_semisup"], "limited",
+                                with_kd=False) == [
+                                    "pl", "pl_semisup", "ce_student", "erde"]
+  semi = methods.make_config("digits", "limited", "pl_semisup", 1)
+  plain = methods.make_config("digits", "limited", "pl", 1)
+  assert semi.method == plain.method == "pl"
+  assert semi.data.unlabeled_batch > 0 and plain.data.unlabeled_batch == 0
+  assert semi.data.labeled_per_class == plain.data.labeled_per_class == 10
+  student = methods.make_config("digits", "full", "erde", 0, 3,
+                                teacher_workdir="/t")
+  assert tuple(student.model.kwargs.widths) == (16, 32, 64)
+  assert student.teacher_workdir == "/t" and student.num_epochs == 3
+  fm = methods.make_config("fashion_mnist", "limited", "ce_student", 0, 2)
+  assert fm.method == "ce" and fm.data.unlabeled_batch == 0
+  assert tuple(fm.model.kwargs.widths) == (8, 16, 32, 64)
+  assert methods.parse_epochs("full=2,limited=5") == {"full": 2, "limited": 5}
+  assert methods.parse_epochs("7") == {"*": 7}
+
+
+def test_one_run_writes_json_markdown_and_resumes(methods, tmp_path):
+  first, second = methods.plan("digits", ["limited"], ["ce"], [0], {"*": 1},
+                               str(tmp_path / "runs"), curve_seed=0)
+  assert not second and len(first) == 1
+  records = methods.run_tasks(first, 1, lambda r: None)
+  assert "error" not in records[0], records[0].get("error")
+  assert records[0]["reused"] is False
+  args = {"data": "digits", "out": str(tmp_path / "out"),
+          "command": "python benchmarks/methods.py --test", "flags": {}}
+  report = methods.build_report(records, args, 1.0, 0, True)
+  methods.write_outputs(report, str(tmp_path / "docs"), plots=True)
+  with open(tmp_path / "out" / "methods_digits.json") as f:
+    saved = json.load(f)
+  acc = saved["aggregates"]["limited"]["ce"]["test_acc"]
+  assert len(acc["mean"]) == 3 and acc["n"] == 1
+  assert saved["runs"][0]["steps"] >= 1 and saved["git"]["commit"]
+  assert len(saved["curves"]["limited"]["ce"]["exit_macs"]) == 3
+  assert (tmp_path / "out" / "methods_digits_limited_exits.png").exists()
+  md = (tmp_path / "docs" / "results_digits.md").read_text()
+  assert "## Setting: limited" in md and "| ce |" in md
+  assert "python benchmarks/methods.py --test" in md
+  # Resumable: the finished run is read back, not retrained.
+  again = methods.run_tasks(first, 1, lambda r: None)
+  assert again[0]["reused"] is True
+  assert again[0]["test_acc"] == records[0]["test_acc"]
