@@ -34,7 +34,8 @@ _REGISTRY: Dict[str, Callable[..., base.MultiExitModel]] = {
     "resnet34": functools.partial(resnet.ResNet, stage_sizes=(3, 4, 6, 3)),
     "resnet50": functools.partial(
         resnet.ResNet, stage_sizes=(3, 4, 6, 3),
-        widths=(256, 512, 1024, 2048), mid_widths=(64, 128, 256, 512)),
+        widths=(256, 512, 1024, 2048), mid_widths=(64, 128, 256, 512),
+        head="byot_sep"),
     # ImageNet (224 x 224) ResNets: 7x7 stride-2 stem + max pool.
     "resnet18_imagenet": functools.partial(
         resnet.ResNet, stage_sizes=(2, 2, 2, 2), imagenet=True),
@@ -43,11 +44,12 @@ _REGISTRY: Dict[str, Callable[..., base.MultiExitModel]] = {
     "resnet50_imagenet": functools.partial(
         resnet.ResNet, stage_sizes=(3, 4, 6, 3),
         widths=(256, 512, 1024, 2048), mid_widths=(64, 128, 256, 512),
-        imagenet=True),
+        imagenet=True, head="byot_sep"),
     # CIFAR ResNeXt-29 (8 x 64d), WRNs and VGG-BN; three / three / five exits.
+    # Bottleneck nets default to separable BYOT heads (see mexd.models.heads).
     "resnext29_8x64d": functools.partial(
         resnet.ResNet, stage_sizes=(3, 3, 3), widths=(256, 512, 1024),
-        mid_widths=(512, 1024, 2048), groups=8),
+        mid_widths=(512, 1024, 2048), groups=8, head="byot_sep"),
     "wrn16_8": functools.partial(resnet.WideResNet, depth=16, widen_factor=8),
     "wrn28_10": functools.partial(resnet.WideResNet, depth=28, widen_factor=10),
     "vgg11": functools.partial(vgg.VGG, depth=11),

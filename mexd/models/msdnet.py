@@ -192,8 +192,9 @@ class MSDNet(base.MultiExitModel):
     exit_width: width of the exit convs; D = exit_width for every head kind.
     imagenet: 7x7 s2 + maxpool first layer (224 inputs) instead of 3x3.
     head: "msdnet" (default), "sdn", "erde" or "erde_window", applied to the
-      coarsest scale at every exit (the last exit included). "byot" is not
-      offered: its conv path targets a final-stage map, which MSDNet lacks.
+      coarsest scale at every exit (the last exit included). "byot" and
+      "byot_sep" are not offered: their conv path targets a final-stage map,
+      which MSDNet lacks.
     dtype: compute dtype; parameters are float32.
   """
 
@@ -221,7 +222,8 @@ class MSDNet(base.MultiExitModel):
                       self.plane_reduction)
 
   def setup(self):
-    kinds_ok = ("msdnet",) + tuple(k for k in heads.HEAD_KINDS if k != "byot")
+    kinds_ok = ("msdnet",) + tuple(k for k in heads.HEAD_KINDS
+                                   if not k.startswith("byot"))
     if self.head not in kinds_ok:
       raise ValueError(f"unknown head kind {self.head!r} for MSDNet; valid: "
                        f"{', '.join(kinds_ok)}")

@@ -161,6 +161,15 @@ def test_exit_costs_increase_with_depth_resnet18():
   assert 0.40e9 < macs[-1] < 0.56e9
 
 
+def test_exit_costs_increase_with_depth_resnet50_default_heads():
+  # Bottleneck nets default to separable BYOT heads; with plain 3x3 heads
+  # exit 2 would cost more than the final exit.
+  model, variables = _variables("resnet50", 100)
+  assert model.head == "byot_sep"
+  macs = [c["macs"] for c in costs.exit_costs(model, variables, (32, 32, 3))]
+  assert all(a < b for a, b in zip(macs, macs[1:]))
+
+
 def test_exit_costs_increase_with_depth_msdnet():
   # A short MSDNet (3 exits, 5 layers, 2 transitions, pruned last layers).
   model, variables = _variables("msdnet_cifar", 100, n_exits=3,

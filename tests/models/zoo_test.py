@@ -182,7 +182,8 @@ def test_bfloat16_compute_float32_params():
   assert float(jnp.abs(z16 - z32).max()) < 0.1 * scale
 
 
-@pytest.mark.parametrize("head", ["byot", "sdn", "erde", "erde_window"])
+@pytest.mark.parametrize("head",
+                         ["byot", "byot_sep", "sdn", "erde", "erde_window"])
 def test_head_kinds_share_feature_width(head):
   model, hw = _tiny("resnet_basic", head=head, exits=(0.2, 0.5, 0.8))
   x = jax.ShapeDtypeStruct((2, hw, hw, 3), jnp.float32)
@@ -192,6 +193,7 @@ def test_head_kinds_share_feature_width(head):
   chex.assert_shape(aux["features"], (4, 2, 32))
   head0 = variables["params"]["heads_0"]
   expected = {"byot": {"conv0", "bn0"}, "sdn": {"alpha", "proj"},
+              "byot_sep": {"dwconv0", "conv0", "bn0"},
               "erde": {"bn", "proj"}, "erde_window": {"bn", "proj"}}[head]
   assert expected <= set(head0)
   assert set(variables["params"]["heads_3"]) == {"out"}  # the final fc
