@@ -39,16 +39,27 @@ def _flops(compiled) -> float:
   return float(ca["flops"])
 
 
-def prefix_fn(model, k: int):
+def prefix_fn(model, k: int, cascade: bool = False):
   """fn(variables, images) -> exit k's logits [B, C]: stages 0..k, eval mode.
 
-  Runs blocks 0..k and only head k.
+  Runs blocks 0..k and only head k, or with `cascade` every head 0..k (what
+  an early-exit cascade pays to answer at exit k: it evaluates each earlier
+  exit before moving on).
   """
 
   def run(m, images):
-    h = jnp.asarray(images, m.dtype)
+    h = images
+    outs = []
     for j in range(k + 1):
-      h = m.blocks[j](h, train=False)
+      if cascade:
+        h, logits, _ = m.stage(j, h, train=False)
+        outs.append(logits)
+      else:
+        h = m.blocks[j](jnp.asarray(h, m.dtype) if j == 0 else h,
+                        train=False)
+    if cascade:
+      # Keep every head live: XLA would drop the unused ones.
+      return jnp.stack(outs).astype(jnp.float32)
     logits, _ = m.heads[k](h, train=False)
     return logits.astype(jnp.float32)
 
@@ -58,8 +69,8 @@ def prefix_fn(model, k: int):
   return fn
 
 
-def exit_costs(model, variables: Any, input_shape: Sequence[int]
-               ) -> List[Dict[str, float]]:
+def exit_costs(model, variables: Any, input_shape: Sequence[int],
+               cascade: bool = False) -> List[Dict[str, float]]:
   """XLA-measured cost of reaching every exit, per single image.
 
   Args:
@@ -67,6 +78,8 @@ def exit_costs(model, variables: Any, input_shape: Sequence[int]
     variables: its variables, real arrays or `jax.ShapeDtypeStruct`s (e.g.
       from `jax.eval_shape(model.init, ...)`); only shapes are used.
     input_shape: one image's shape (H, W, C), or (1, H, W, C).
+    cascade: count every head 0..k (an early-exit cascade's cost of
+      answering at exit k) instead of head k alone.
 
   Returns:
     One dict per exit k (shallowest first): {"exit": k, "flops": XLA flops,
@@ -85,7 +98,8 @@ def exit_costs(model, variables: Any, input_shape: Sequence[int]
   num_exits = model.apply(abstract, method=lambda m: m.num_exits)
   out = []
   for k in range(num_exits):
-    compiled = jax.jit(prefix_fn(model, k)).lower(abstract, x).compile()
+    compiled = jax.jit(prefix_fn(model, k, cascade)).lower(
+        abstract, x).compile()
     flops = _flops(compiled)
     out.append({"exit": k, "flops": flops, "macs": flops / 2})
   return out
