@@ -104,6 +104,18 @@ def channel_stats(images: np.ndarray, chunk_pixels: int = 1 << 22
           tuple(np.maximum(np.sqrt(var), 1e-3).tolist()))
 
 
+def official_splits(arrays: Dict[str, Tuple[np.ndarray, np.ndarray]],
+                    num_classes: int) -> Dict[str, Dataset]:
+  """Datasets of {split: (images, labels)}, normalised with train's stats.
+
+  Every split shares the per-channel mean/std of the "train" images, so
+  validation and test are normalised exactly like training.
+  """
+  mean, std = channel_stats(arrays["train"][0])
+  return {split: Dataset(x, y, num_classes, mean, std)
+          for split, (x, y) in arrays.items()}
+
+
 def make_splits(train: Dataset, test: Dataset, *, val_size: int,
                 seed: int = 0, labeled_per_class: Optional[int] = None,
                 unlabeled_pool: bool = False,

@@ -240,13 +240,9 @@ def load(data_dir: Optional[str] = None, *, spec: CifarSpec = CIFAR10
     images, labels = zip(*(arrays[f] for f in files))
     return np.concatenate(images), np.concatenate(labels)
 
-  train_x, train_y = concat(spec.train_files)
-  test_x, test_y = concat(spec.test_files)
-  mean, std = base.channel_stats(train_x)
-  return {
-      "train": base.Dataset(train_x, train_y, spec.num_classes, mean, std),
-      "test": base.Dataset(test_x, test_y, spec.num_classes, mean, std),
-  }
+  return base.official_splits({"train": concat(spec.train_files),
+                               "test": concat(spec.test_files)},
+                              spec.num_classes)
 
 
 def load_cifar10(data_dir: Optional[str] = None):

@@ -21,6 +21,6 @@ def load(data_dir=None):
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
   train_idx, test_idx = base.stratified_split(labels, (0.8, 0.2), seed=0)
-  mean, std = base.channel_stats(images[train_idx])
-  make = lambda idx: base.Dataset(images[idx], labels[idx], 10, mean, std)
-  return {"train": make(train_idx), "test": make(test_idx)}
+  return base.official_splits({
+      "train": (images[train_idx], labels[train_idx]),
+      "test": (images[test_idx], labels[test_idx])}, 10)

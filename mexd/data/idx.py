@@ -209,13 +209,9 @@ def load(data_dir: Optional[str] = None, *, spec: IdxSpec = FASHION_MNIST
   if data_dir is None:
     data_dir = spec.default_dir.format(root=data_root())
   data_dir = os.path.expanduser(os.fspath(data_dir))
-  train_x, train_y = load_split(data_dir, "train", spec)
-  test_x, test_y = load_split(data_dir, "t10k", spec)
-  mean, std = base.channel_stats(train_x)
-  return {
-      "train": base.Dataset(train_x, train_y, spec.num_classes, mean, std),
-      "test": base.Dataset(test_x, test_y, spec.num_classes, mean, std),
-  }
+  return base.official_splits({
+      "train": load_split(data_dir, "train", spec),
+      "test": load_split(data_dir, "t10k", spec)}, spec.num_classes)
 
 
 def load_fashion_mnist(data_dir: Optional[str] = None):

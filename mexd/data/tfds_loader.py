@@ -184,9 +184,7 @@ def load(name: str, data_dir: Optional[str] = None, *,
     arrays[split] = to_numpy(
         sources[tfds_split], where=f"tfds:{name} {tfds_split} split",
         image_size=image_size, max_gib=max_gib)
-  mean, std = base.channel_stats(arrays["train"][0])
-  return {split: base.Dataset(x, y, num_classes, mean, std)
-          for split, (x, y) in arrays.items()}
+  return base.official_splits(arrays, num_classes)
 
 
 def loaders() -> Dict[str, Any]:
