@@ -7,6 +7,7 @@ shares a persistent compilation cache between its runs (and the xdist
 workers of a session), so each program compiles once per device count.
 """
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -39,15 +40,20 @@ def _config(num_devices=8):
   return c
 
 
+def _session_dir(tmp_path_factory):
+  """A folder shared by the xdist workers of this session (or this run's)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
   """A persistent compilation cache shared by this session's workers."""
-  base = tmp_path_factory.getbasetemp()
-  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
   old = {k: getattr(jax.config, k) for k in (
       "jax_compilation_cache_dir",
       "jax_persistent_cache_min_compile_time_secs")}
-  jax.config.update("jax_compilation_cache_dir", str(path / "jax-cache"))
+  jax.config.update("jax_compilation_cache_dir",
+                    str(_session_dir(tmp_path_factory) / "jax-cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   compilation_cache.reset_cache()
   yield
@@ -58,11 +64,19 @@ def compile_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """Variables after the uninterrupted run on 8 devices of one process."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  res = train.train_and_evaluate(_config(8), workdir)
-  assert res["steps"] == STEPS
-  return workdir_lib.load_variables(workdir)
+  """Variables after the uninterrupted run on 8 devices of one process.
+
+  Computed once per session: an xdist worker that needs it while another
+  computes it waits for that run instead of repeating it.
+  """
+  shared = _session_dir(tmp_path_factory)
+  workdir = shared / "reference-8-devices"
+  with open(shared / "reference.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "results.json").exists():
+      res = train.train_and_evaluate(_config(8), str(workdir))
+      assert res["steps"] == STEPS
+  return workdir_lib.load_variables(str(workdir))
 
 
 def _assert_close(actual, expected, atol=1e-5):
