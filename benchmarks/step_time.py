@@ -16,7 +16,7 @@ median images/s over repetitions and the median of the per-repetition ratio
 JAX / PyTorch (robust to other jobs on the machine).
 
 Usage (one command, CPU or GPU; torch optional):
-  python benchmarks/step_time.py                       # batch 128, width 16,64
+  python benchmarks/step_time.py          # batch 128 width 16; batch 64 width 64
   python benchmarks/step_time.py --batch 64 --width 64 --methods pl,eed
   python benchmarks/step_time.py --no_torch            # JAX only
   python benchmarks/step_time.py --xla_flags="--xla_cpu_use_thunk_runtime=false"
@@ -34,9 +34,12 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--batch", default="128", help="comma list of batch sizes")
-  p.add_argument("--width", default="16,64",
-                 help="comma list of base widths (64 = ResNet-18)")
+  p.add_argument("--configs", default="128:16,64:64",
+                 help="comma list of batch:width pairs (width 64 = ResNet-18)")
+  p.add_argument("--batch", default=None,
+                 help="comma list of batch sizes (with --width: the cross "
+                 "product replaces --configs)")
+  p.add_argument("--width", default=None, help="comma list of base widths")
   p.add_argument("--methods", default="pl", help="comma list: pl, eed")
   p.add_argument("--steps", type=int, default=3, help="steps per repetition")
   p.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
@@ -49,32 +52,36 @@ def parse_args(argv=None):
   p.add_argument("--torch_channels_last", action="store_true",
                  help="PyTorch in channels_last memory format")
   p.add_argument("--num_classes", type=int, default=100)
+  p.add_argument("--stages", default="2,2,2,2",
+                 help="blocks per stage (1,1,1,1: a ResNet-10, for tests)")
   common.add_common_flags(p, "step_time")
   return p.parse_args(argv)
 
 
-def build_model(width: int, num_classes: int, dtype: str):
+def build_model(width: int, num_classes: int, dtype: str,
+                stages=(2, 2, 2, 2)):
   """The multi-exit ResNet-18 at base width `width` (BYOT heads)."""
   from mexd import models  # pylint: disable=g-import-not-at-top
   from mexd.models import resnet  # pylint: disable=g-import-not-at-top
-  if width == 64:
+  if width == 64 and tuple(stages) == (2, 2, 2, 2):
     return models.get_model("resnet18", num_classes=num_classes, head="byot",
                             dtype=dtype)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   widths = tuple(width * m for m in (1, 2, 4, 8))
-  return resnet.ResNet(stage_sizes=(2, 2, 2, 2), widths=widths,
+  return resnet.ResNet(stage_sizes=tuple(stages), widths=widths,
                        stem_width=width, num_classes=num_classes,
                        head="byot", dtype=jnp.dtype(dtype))
 
 
-def make_jax_step(*, width, batch, method_name, num_classes, dtype):
+def make_jax_step(*, width, batch, method_name, num_classes, dtype,
+                  stages=(2, 2, 2, 2)):
   """(jitted donated step, state, device batch) for the mexd step."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import losses, optim, state as state_lib, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
-  model = build_model(width, num_classes, dtype)
+  model = build_model(width, num_classes, dtype, stages)
   method = losses.get_method(method_name)
   cfg = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
@@ -96,18 +103,24 @@ def make_jax_step(*, width, batch, method_name, num_classes, dtype):
   return step, state, data, model
 
 
-def make_torch_step(*, width, batch, method_name, num_classes, channels_last):
+def make_torch_step(*, width, batch, method_name, num_classes, channels_last,
+                    stages=(2, 2, 2, 2)):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
   step = torch_reference.TrainStep(num_classes=num_classes, width=width,
                                    method=method_name,
-                                   channels_last=channels_last)
+                                   channels_last=channels_last,
+                                   stage_sizes=stages)
   rng = np.random.default_rng(0)
   images = torch.from_numpy(rng.integers(0, 256, (batch, 32, 32, 3),
                                          dtype=np.uint8))
   labels = torch.from_numpy(rng.integers(0, num_classes, (batch,)))
   return step, images, labels
+
+
+def _stages(args):
+  return tuple(int(v) for v in args.stages.split(","))
 
 
 def param_count_torch(step) -> int:
@@ -120,11 +133,16 @@ def run_config(args, width, batch, method_name):
   import numpy as np  # pylint: disable=g-import-not-at-top
   step, state, data, _ = make_jax_step(
       width=width, batch=batch, method_name=method_name,
-      num_classes=args.num_classes, dtype=args.dtype)
+      num_classes=args.num_classes, dtype=args.dtype, stages=_stages(args))
   n_params_jax = int(sum(np.prod(a.shape) for a in
                          jax.tree.leaves(state.params["model"])))
-  t_compile = common.timeit(
-      lambda: step.lower(state, data).compile())
+  compiled = [None]
+
+  def compile_():
+    compiled[0] = step.lower(state, data).compile()
+
+  t_compile = common.timeit(compile_)
+  step = compiled[0]  # the executable itself: no second compile on call
   holder = {"state": state}
 
   def jax_steps():
@@ -145,7 +163,8 @@ def run_config(args, width, batch, method_name):
   if not args.no_torch:
     tstep, timages, tlabels = make_torch_step(
         width=width, batch=batch, method_name=method_name,
-        num_classes=args.num_classes, channels_last=args.torch_channels_last)
+        num_classes=args.num_classes, channels_last=args.torch_channels_last,
+        stages=_stages(args))
     n_params_torch = param_count_torch(tstep)
 
     def torch_fn():
@@ -206,13 +225,19 @@ def main(argv=None):
         f" x{env['device']['device_count']} ({env['device']['cpu']}, "
         f"{env['device']['cpu_count']} cpus); load {common.loadavg()}",
         flush=True)
+  if args.batch or args.width:
+    configs = [(int(b), int(w))
+               for w in (args.width or "64").split(",")
+               for b in (args.batch or "128").split(",")]
+  else:
+    configs = [tuple(int(v) for v in c.split(":"))
+               for c in args.configs.split(",")]
   rows = []
   for method_name in args.methods.split(","):
-    for width in [int(w) for w in args.width.split(",")]:
-      for batch in [int(b) for b in args.batch.split(",")]:
-        row = run_config(args, width, batch, method_name)
-        rows.append(row)
-        print(common.format_table([row], _COLUMNS, _FMT), flush=True)
+    for batch, width in configs:
+      row = run_config(args, width, batch, method_name)
+      rows.append(row)
+      print(common.format_table([row], _COLUMNS, _FMT), flush=True)
   print()
   print(common.format_table(rows, _COLUMNS, _FMT))
   common.write_json(args.out, {

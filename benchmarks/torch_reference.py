@@ -189,11 +189,12 @@ class TrainStep:
   def __init__(self, *, num_classes: int = 100, width: int = 64,
                method: str = "pl", mean: Tuple[float, ...] = (0.5, 0.5, 0.5),
                std: Tuple[float, ...] = (0.25, 0.25, 0.25),
-               channels_last: bool = False, seed: int = 0):
+               channels_last: bool = False, seed: int = 0,
+               stage_sizes: Sequence[int] = (2, 2, 2, 2)):
     if method not in ("pl", "eed"):
       raise ValueError(f"torch reference has methods pl, eed; got {method!r}")
     torch.manual_seed(seed)
-    self.model = MultiExitResNet18(num_classes, width).train()
+    self.model = MultiExitResNet18(num_classes, width, stage_sizes).train()
     self.channels_last = channels_last
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)

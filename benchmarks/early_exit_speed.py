@@ -1,0 +1,184 @@
+"""Staged early-exit inference: wall-clock speed-up vs the cost model's ideal.
+
+For each model (randomly initialised; speed does not depend on the weights)
+the one-pass logits of N random images give max-prob scores, and thresholds
+are set so that a fraction p of the examples still running leaves at every
+early exit (p in `--fractions`; the last exit takes the rest). Then:
+
+* ideal speed-up = C_full / mean_n C_cascade(exit_n), where C_cascade(k) is
+  the XLA flop count of stages 0..k (blocks AND exit heads 0..k, as the
+  cascade evaluates every head it passes) and C_full = C_cascade(E-1), the
+  one-pass forward of every exit. exit_n are the exits the staged run took.
+* wall speed-up = t(one-pass jitted forward of all N) / t(StagedPredictor.run
+  of all N), both medians of `--reps` interleaved runs after warm-up
+  (so every bucket is compiled).
+* efficiency = wall / ideal (target >= 80 %).
+
+Batch-size-1 latency: `StagedPredictor.predict_one` with thresholds that
+force exit k (median over `--latency_reps` calls), next to the one-pass
+batch-1 forward.
+
+Usage:
+  python benchmarks/early_exit_speed.py
+  python benchmarks/early_exit_speed.py --models digits_cnn --n 4096
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+
+# name -> (input shape, classes, default N)
+_SETTINGS = {"digits_cnn": ((8, 8, 1), 10, 2048),
+             "small_cnn": ((8, 8, 1), 10, 2048),
+             "resnet18": ((32, 32, 3), 100, 256)}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--models", default="digits_cnn,resnet18")
+  p.add_argument("--fractions", default="0.25,0.5,0.75",
+                 help="fraction p of the live examples leaving at each exit")
+  p.add_argument("--n", type=int, default=None,
+                 help="images per run (default: 2048 small nets, 256 resnet)")
+  p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--latency_reps", type=int, default=20)
+  common.add_common_flags(p, "early_exit")
+  return p.parse_args(argv)
+
+
+def _flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  return float(ca["flops"])
+
+
+def cascade_costs(model, variables, image_shape):
+  """[E] flops of stages 0..k (blocks and heads) for one image."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  e = model.apply(variables, method=lambda m: m.num_exits)
+  h = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  per_stage = []
+  for k in range(e):
+    fn = jax.jit(lambda v, h, k=k: model.apply(v, k, h, train=False,
+                                               method="stage"))
+    per_stage.append(_flops(fn.lower(variables, h).compile()))
+    h = fn(variables, h)[0]
+  return np.cumsum(per_stage)
+
+
+def thresholds_for(scores, p):
+  """[E] thresholds making a fraction p of the live examples exit at k < E-1.
+
+  scores: [E, N] max-prob scores of the one-pass logits.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  e, n = scores.shape
+  alive = np.ones(n, bool)
+  theta = np.full(e, -np.inf, np.float32)
+  for k in range(e - 1):
+    s = np.sort(scores[k][alive])[::-1]
+    m = int(round(p * s.size))
+    if m == 0:
+      theta[k] = np.inf
+      continue
+    # Midway between the m-th and (m+1)-th best scores (robust to rounding).
+    theta[k] = s[m - 1] if m == s.size else 0.5 * (s[m - 1] + s[m])
+    alive &= ~(scores[k] >= theta[k])
+  return theta
+
+
+def bench_model(name, args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mexd import models  # pylint: disable=g-import-not-at-top
+  from mexd.early_exit import policies, staged  # pylint: disable=g-import-not-at-top,g-multiple-import
+  shape, classes, n = _SETTINGS[name]
+  n = args.n or n
+  model = models.get_model(name, num_classes=classes)
+  rng = np.random.default_rng(0)
+  x = jax.device_put(rng.standard_normal((n,) + shape).astype(np.float32))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
+  costs = cascade_costs(model, variables, shape)
+  e = len(costs)
+  full = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+  logits = np.asarray(full(variables, x))
+  scores = np.asarray(policies.scores(logits, "max_prob"))
+  rows = []
+  for p in [float(f) for f in args.fractions.split(",")]:
+    theta = thresholds_for(scores, p)
+    pred = staged.StagedPredictor(model, variables, theta, "max_prob")
+    res = pred.run(x)  # warm-up: compiles every bucket it needs
+    t_full, t_staged = [], []
+    for _ in range(args.reps):
+      t_full.append(common.timeit(lambda: full(variables, x),
+                                  jax.block_until_ready))
+      t_staged.append(common.timeit(lambda: pred.run(x)))
+    exit_frac = np.bincount(res.exits, minlength=e) / n
+    ideal = costs[-1] / float(np.mean(costs[res.exits]))
+    wall = common.median(t_full) / common.median(t_staged)
+    rows.append({"model": name, "n": n, "p": p,
+                 "exit_fractions": [round(float(f), 3) for f in exit_frac],
+                 "ideal_speedup": ideal, "wall_speedup": wall,
+                 "efficiency_pct": 100 * wall / ideal,
+                 "full_ms": 1e3 * common.median(t_full),
+                 "staged_ms": 1e3 * common.median(t_staged),
+                 "buckets": res.padded.tolist()})
+  # Batch-size-1 latency per exit.
+  lat = []
+  x1 = x[:1]
+  one = common.timeit(lambda: full(variables, x1), jax.block_until_ready)
+  t_one = []
+  for _ in range(args.latency_reps):
+    t_one.append(common.timeit(lambda: full(variables, x1),
+                               jax.block_until_ready))
+  del one
+  for k in range(e):
+    theta = np.full(e, np.inf, np.float32)
+    theta[k] = -np.inf
+    pred = staged.StagedPredictor(model, variables, theta, "max_prob")
+    assert pred.predict_one(x[0])[1] == k
+    ts = [common.timeit(lambda: pred.predict_one(x[i % n]))
+          for i in range(args.latency_reps)]
+    lat.append({"model": name, "exit": k,
+                "latency_ms": 1e3 * common.median(ts),
+                "cost_frac": float(costs[k] / costs[-1]),
+                "one_pass_ms": 1e3 * common.median(t_one)})
+  return rows, lat, costs.tolist()
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  common.set_threads(args.threads)
+  env = common.environment()
+  rows, lat, costs = [], [], {}
+  for name in args.models.split(","):
+    r, l, c = bench_model(name, args)
+    rows += r
+    lat += l
+    costs[name] = c
+  print(f"\nstaged vs one-pass (load {common.loadavg()})")
+  print(common.format_table(rows, (
+      "model", "n", "p", "exit_fractions", "ideal_speedup", "wall_speedup",
+      "efficiency_pct", "full_ms", "staged_ms"), {
+          "ideal_speedup": ".2f", "wall_speedup": ".2f",
+          "efficiency_pct": ".0f", "full_ms": ".1f", "staged_ms": ".1f"}))
+  print("\nbatch-size-1 latency (predict_one) per exit")
+  print(common.format_table(lat, ("model", "exit", "cost_frac", "latency_ms",
+                                  "one_pass_ms"), {
+      "cost_frac": ".2f", "latency_ms": ".2f", "one_pass_ms": ".2f"}))
+  common.write_json(args.out, {
+      "benchmark": "early_exit_speed", "environment": env,
+      "settings": {k: v for k, v in vars(args).items() if k != "out"},
+      "cascade_flops": costs, "rows": rows, "latency": lat})
+  return rows, lat
+
+
+if __name__ == "__main__":
+  main()

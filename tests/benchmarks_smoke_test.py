@@ -1,0 +1,85 @@
+"""Smoke test of the speed benchmarks: each script, tiny sizes, one step.
+
+Each script runs as a subprocess (one real CPU device, not the 8 fake ones of
+conftest) and must write its JSON record with the provenance fields and a
+non-empty table. The PyTorch comparison of step_time.py runs only when torch
+(the optional `bench` extra) is installed.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+ENV_KEYS = ("command", "date", "git", "jax", "torch", "device",
+            "loadavg_start", "loadavg_end")
+
+
+def _run(script, tmp_path, *args):
+  out = tmp_path / f"{script}.json"
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(
+      f for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count"))
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"),
+       "--out", str(out), *args], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  record = json.loads(out.read_text())
+  for k in ENV_KEYS:
+    assert k in record["environment"], k
+  assert record["environment"]["device"]["platform"] == "cpu"
+  assert record["rows"]
+  return record
+
+
+def test_step_time(tmp_path):
+  args = ["--configs", "4:4", "--stages", "1,1,1,1", "--steps", "1",
+          "--reps", "1", "--warmup", "0"]
+  if not HAS_TORCH:
+    args.append("--no_torch")
+  row = _run("step_time", tmp_path, *args)["rows"][0]
+  assert row["jax_img_s"] > 0
+  if HAS_TORCH:
+    assert row["params_jax"] == row["params_torch"]
+    assert row["ratio_jax_over_torch"] > 0
+
+
+def test_overhead(tmp_path):
+  rows = _run("overhead", tmp_path, "--methods", "ce,pl", "--batch", "4",
+              "--width", "4", "--stages", "1,1,1,1", "--steps", "1",
+              "--reps", "1", "--warmup", "0")["rows"]
+  assert [r["method"] for r in rows] == ["ce", "pl"]
+  assert rows[0]["overhead_pct"] == 0.0
+
+
+def test_early_exit_speed(tmp_path):
+  rec = _run("early_exit_speed", tmp_path, "--models", "digits_cnn",
+             "--fractions", "0.5", "--n", "64", "--reps", "1",
+             "--latency_reps", "2")
+  row = rec["rows"][0]
+  assert row["ideal_speedup"] >= 1.0 and row["wall_speedup"] > 0
+  assert sum(row["exit_fractions"]) == pytest.approx(1.0, abs=1e-2)
+  assert [r["exit"] for r in rec["latency"]] == [0, 1, 2]
+
+
+def test_input_pipeline(tmp_path):
+  rec = _run("input_pipeline", tmp_path, "--num", "512", "--batch", "32",
+             "--steps", "4", "--reps", "1", "--no_feed",
+             "--step_images_per_s", "100")
+  assert {r["stage"] for r in rec["rows"]} == {
+      "host_batch", "host_batch+make_global", "prefetch"}
+  assert all(r["img_s"] > 0 for r in rec["rows"])
+
+
+def test_memory(tmp_path):
+  row = _run("memory", tmp_path, "--models", "digits_cnn", "--batch",
+             "8")["rows"][0]
+  assert row["peak_mib"] > 0 and row["argument_mib"] > 0
