@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
 sys.path.insert(0, LAUNCH)
 
-import local_multiprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+import local_multiprocess  # pylint: disable=g-import-not-at-top
 
 
 # --- The notebook -----------------------------------------------------------
@@ -165,7 +165,7 @@ def test_local_launcher_cli_splits_flags_at_double_dash(monkeypatch):
   assert seen["args"] == ["--config=configs/digits.py", "--num_processes=9"]
 
 
-# --- The SLURM path ------------------------------------------------------------
+# --- The SLURM path -----------------------------------------------------------
 
 
 def test_jax_detects_slurm(tmp_path):
@@ -248,7 +248,7 @@ def test_slurm_dry_run_and_outside_slurm(tmp_path):
   assert out.returncode == 2 and "not a mexd checkout" in out.stderr
 
 
-# --- launch/tpu_vm.sh ------------------------------------------------------------
+# --- launch/tpu_vm.sh ---------------------------------------------------------
 
 
 def test_shell_scripts_parse():
