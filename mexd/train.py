@@ -290,8 +290,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if done % eval_every == 0 and done != total_steps:
         evaluate(state, "val")
       stop_now = stop_after is not None and done >= stop_after
-      if (done % config.ckpt_every_steps == 0 or preempted.flag
-          or stop_now):
+      if jax.process_count() == 1:
+        sigterm = preempted.flag
+      else:  # Every process must stop (and save, a collective) at the same
+        # step: they agree at logging steps.
+        sigterm = (done % config.log_every_steps == 0
+                   and _any_process(preempted.flag))
+      if done % config.ckpt_every_steps == 0 or sigterm or stop_now:
         checkpoint.save(manager, done, state)
       if stop_now:
         manager.wait_until_finished()
@@ -300,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.close()
         manager.close()
         return {"stopped": done}
-      if preempted.flag:
+      if sigterm:
         manager.wait_until_finished()
         if bar is not None:
           bar.close()
@@ -328,6 +333,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   manager.close()
   return results
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (a collective: all must call)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _check_finite(rows, first_step: int, config):

@@ -114,5 +114,5 @@ def load_variables(workdir: str, config=None, model=None, image_shape=None):
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
     restored = checkpoint.restore_latest(mngr, abstract)
-  return {"params": restored["params"]["model"],
-          "batch_stats": restored["batch_stats"]}
+  return jax.device_get({"params": restored["params"]["model"],
+                         "batch_stats": restored["batch_stats"]})

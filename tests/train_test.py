@@ -75,3 +75,32 @@ def test_cli_overrides_reach_the_run(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert "loss/kd" not in rows[0]  # CE has no distillation term.
   assert "exit" in out.stdout and "test acc" in out.stdout
+
+
+def test_teacher_student_erde(tmp_path):
+  """Two-stage recipe: a CE teacher, then an ERDE student distilled from it."""
+  teacher = small_config(num_epochs=2, method="ce")
+  train.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+  student = small_config(num_epochs=2, method="erde")
+  student.model.kwargs.widths = (16, 32, 64)
+  student.teacher_workdir = str(tmp_path / "teacher")
+  res = train.train_and_evaluate(student, str(tmp_path / "student"))
+  assert res["test"]["acc"][-1] > 0.3, res["test"]
+  rows = [json.loads(l) for l in open(tmp_path / "student" / "metrics.jsonl")]
+  train_rows = [r for r in rows if r["split"] == "train"]
+  assert {"loss/ce", "loss/kd", "loss/ent"} <= set(train_rows[0]), (
+      sorted(train_rows[0]))
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_loss_stops_or_skips(tmp_path, policy):
+  # A denormal temperature overflows logits / T: the KD term is NaN.
+  config = small_config(num_epochs=1, method="pl_const", nonfinite=policy)
+  config.loss.pl_const.temperature = 1e-45
+  if policy == "stop":
+    with pytest.raises(FloatingPointError,
+                       match=r"step \d+: non-finite loss term\(s\) .*loss/kd"):
+      train.train_and_evaluate(config, str(tmp_path))
+  else:
+    res = train.train_and_evaluate(config, str(tmp_path))
+    assert res["skipped_steps"] == res["steps"]

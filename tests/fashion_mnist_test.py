@@ -1,0 +1,30 @@
+"""A short run on a slice of the real Fashion-MNIST files beats chance."""
+
+import os
+
+import pytest
+
+from mexd import config_lib
+from mexd import train
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs", "x.py")
+DATA = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(DATA, "train-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_short_run_on_real_fashion_mnist_beats_chance(tmp_path):
+  c = config_lib.load_sibling(CONFIGS, "fashion_mnist").get_config(
+      "method=pl")
+  c.data.labeled_per_class = 100  # A 1,000-image slice of the real train set.
+  c.data.val_size = 1000
+  c.num_epochs = 6
+  c.batch_size = 64
+  c.progress_bar = False
+  c.num_devices = 1
+  c.eval_every_epochs = 100
+  res = train.train_and_evaluate(c, str(tmp_path))
+  # 10 balanced classes: chance is 10 %.
+  assert min(res["test"]["acc"]) > 0.3, res["test"]
