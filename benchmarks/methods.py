@@ -73,6 +73,8 @@ flags.DEFINE_string("workroot", "/tmp/mexd-methods", "Run directories.")
 flags.DEFINE_integer("jobs", 1, "Runs trained in parallel processes.")
 flags.DEFINE_bool("kd", True, "With erde, also run plain KD (kd).")
 flags.DEFINE_bool("curves", True, "Anytime and budgeted-batch curves.")
+flags.DEFINE_bool("report_only", False, "Train nothing: report the finished "
+                  "runs of the sweep and list the others as missing.")
 flags.DEFINE_integer("curve_seed", None, "Seed of the curves (default: the "
                      "first of --seeds).")
 
@@ -219,6 +221,8 @@ def run_one(task: Dict[str, Any]) -> Dict[str, Any]:
       with open(bench_path) as f:
         bench = json.load(f)
       rec["reused"] = True
+    elif task.get("report_only"):
+      raise RuntimeError("not run (--report_only; out of time budget)")
     else:
       from mexd import train  # pylint: disable=g-import-not-at-top
       t0 = time.time()
@@ -249,17 +253,19 @@ def run_one(task: Dict[str, Any]) -> Dict[str, Any]:
 
 def plan(data: str, settings: Sequence[str], methods: Sequence[str],
          seeds: Sequence[int], epochs: Dict[str, int], workroot: str,
-         curve_seed: int, with_kd: bool = True
-         ) -> Tuple[List[Dict], List[Dict]]:
-  """(independent tasks, teacher-dependent tasks) of the sweep."""
-  first, second = [], []
-  for setting in settings:
-    rows = expand_methods(methods, setting, with_kd)
-    needs_teacher = any(m in ("erde", "kd") for m in rows)
-    runs = list(rows)
-    if needs_teacher and "ce" not in runs:
-      runs.insert(0, "ce")  # The teacher (not a table row then).
-    for seed in seeds:
+         curve_seed: int, with_kd: bool = True) -> List[Dict]:
+  """Every task of the sweep, seed-major (all rows of seed 0 come first).
+
+  A task with a teacher (erde, kd) names it in "teacher_workdir"; `run_tasks`
+  starts it once the teacher run (ce of the same setting and seed) is done.
+  """
+  tasks = []
+  for seed in seeds:
+    for setting in settings:
+      rows = expand_methods(methods, setting, with_kd)
+      runs = list(rows)
+      if any(m in ("erde", "kd") for m in rows) and "ce" not in runs:
+        runs.insert(0, "ce")  # The teacher (not a table row then).
       for method in runs:
         task = dict(data=data, setting=setting, method=method, seed=seed,
                     epochs=epochs.get(setting, epochs.get("*")),
@@ -268,26 +274,52 @@ def plan(data: str, settings: Sequence[str], methods: Sequence[str],
         if method in ("erde", "kd"):
           task["teacher_workdir"] = run_dir(workroot, data, setting, "ce",
                                             seed)
-          second.append(task)
-        else:
-          first.append(task)
-  return first, second
+        tasks.append(task)
+  return tasks
 
 
 def run_tasks(tasks: List[Dict], jobs: int, on_done) -> List[Dict]:
-  """Runs tasks sequentially (jobs=1) or in `jobs` spawned processes."""
-  records = []
+  """Runs tasks in order, `jobs` at a time (spawned processes if jobs > 1).
+
+  A task with a teacher_workdir waits until the task that trains that
+  workdir has finished (tasks of other teachers go ahead meanwhile).
+  """
+  def workdir(t):
+    return run_dir(t["workroot"], t["data"], t["setting"], t["method"],
+                   t["seed"])
+  trained_here = {workdir(t) for t in tasks}
+  done_dirs, records = set(), []
+
+  def ready(t):
+    w = t.get("teacher_workdir")
+    return not w or w not in trained_here or w in done_dirs
+
+  pending = list(tasks)
   if jobs <= 1:
-    for t in tasks:
+    while pending:
+      t = next((t for t in pending if ready(t)), pending[0])
+      pending.remove(t)
       records.append(run_one(t))
+      done_dirs.add(workdir(t))
       on_done(records[-1])
     return records
   ctx = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-    futures = [pool.submit(run_one, t) for t in tasks]
-    for fut in concurrent.futures.as_completed(futures):
-      records.append(fut.result())
-      on_done(records[-1])
+    running = {}
+    while pending or running:
+      while len(running) < jobs:
+        t = next((t for t in pending if ready(t)), None)
+        if t is None:
+          break
+        pending.remove(t)
+        running[pool.submit(run_one, t)] = t
+      finished, _ = concurrent.futures.wait(
+          running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for fut in finished:
+        t = running.pop(fut)
+        records.append(fut.result())
+        done_dirs.add(workdir(t))
+        on_done(records[-1])
   return records
 
 
@@ -462,9 +494,11 @@ def write_markdown(path: str, report: Dict[str, Any]) -> str:
       f"- date: {report['date']}",
       f"- hardware: {hw['cpu']}, {hw['cpu_count']} CPU cores (shared with "
       f"other jobs), jax {hw['jax']} on {', '.join(hw['jax_devices'])}",
-      f"- sweep wall-clock: {report['sweep_wall_seconds'] / 60:.1f} min this "
-      f"invocation; {report['sum_run_wall_seconds'] / 60:.1f} min summed "
-      "over the runs (each run's own wall-clock, incl. compilation)",
+      f"- wall-clock: {report['sum_run_wall_seconds'] / 60:.1f} min summed "
+      "over the runs (each run's own wall-clock incl. compilation; runs went "
+      f"{report['flags'].get('jobs', 1)} at a time)"
+      + ("" if report["flags"].get("report_only") else
+         f"; this invocation {report['sweep_wall_seconds'] / 60:.1f} min"),
       "- the data split is fixed (split_seed 0); seeds change the "
       "initialisation and batch order", ""]
   for setting, by_method in report["aggregates"].items():
@@ -557,16 +591,20 @@ def main(argv):
   for s in FLAGS.settings:
     if s not in ("full", "limited"):
       raise app.UsageError(f"unknown setting {s!r}")
-  first, second = plan(FLAGS.data, FLAGS.settings, FLAGS.methods, seeds,
-                       epochs, FLAGS.workroot, curve_seed, FLAGS.kd)
+  tasks = plan(FLAGS.data, FLAGS.settings, FLAGS.methods, seeds, epochs,
+               FLAGS.workroot, curve_seed, FLAGS.kd)
+  for t in tasks:
+    t["report_only"] = FLAGS.report_only
   args = {"data": FLAGS.data, "out": FLAGS.out,
-          "command": "python " + " ".join(map(shlex.quote, sys.argv)),
+          "command": "python " + " ".join(
+              shlex.quote(a) for a in sys.argv
+              if a not in ("--report_only", "--report_only=true")),
           "flags": {f: FLAGS[f].value for f in (
               "data", "settings", "methods", "seeds", "epochs", "workroot",
-              "jobs", "kd")}}
+              "jobs", "kd", "report_only")}}
   t0 = time.time()
   records: List[Dict] = []
-  total = len(first) + len(second)
+  total = len(tasks)
 
   def on_done(rec):
     records.append(rec)
@@ -581,8 +619,7 @@ def main(argv):
     write_outputs(build_report(records, args, time.time() - t0, curve_seed,
                                False), FLAGS.docs, plots=False)
 
-  run_tasks(first, FLAGS.jobs, on_done)
-  run_tasks(second, FLAGS.jobs, on_done)
+  run_tasks(tasks, FLAGS.jobs, on_done)
   report = build_report(records, args, time.time() - t0, curve_seed,
                         FLAGS.curves)
   write_outputs(report, FLAGS.docs)

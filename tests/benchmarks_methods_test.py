@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -79,10 +80,40 @@ def test_expand_methods_and_configs(methods):
   assert methods.parse_epochs("7") == {"*": 7}
 
 
-def test_one_run_writes_json_markdown_and_resumes(methods, tmp_path):
-  first, second = methods.plan("digits", ["limited"], ["ce"], [0], {"*": 1},
-                               str(tmp_path / "runs"), curve_seed=0)
-  assert not second and len(first) == 1
+def test_plan_is_seed_major_and_waits_for_teachers(methods, tmp_path):
+  tasks = methods.plan("digits", ["full", "limited"], ["erde", "pl_semisup"],
+                       [0, 1], {}, str(tmp_path), curve_seed=0, with_kd=False)
+  names = [(t["seed"], t["setting"], t["method"]) for t in tasks]
+  assert names[:4] == [(0, "full", "ce"), (0, "full", "ce_student"),
+                       (0, "full", "erde"), (0, "limited", "ce")]
+  assert not tasks[0]["table_row"] and tasks[1]["table_row"]
+  assert tasks[2]["teacher_workdir"] == methods.run_dir(
+      str(tmp_path), "digits", "full", "ce", 0)
+  order = []
+  fake = lambda t: order.append(t["method"]) or {"method": t["method"]}
+  methods.run_one, real = fake, methods.run_one
+  try:  # erde first in the list still runs after its teacher.
+    methods.run_tasks([tasks[2], tasks[0]], 1, lambda r: None)
+  finally:
+    methods.run_one = real
+  assert order == ["ce", "erde"]
+
+
+@pytest.fixture
+def fast_compile():
+  """Plumbing only: fast compiles (as flax's train_test.py does)."""
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def test_one_run_writes_json_markdown_and_resumes(methods, tmp_path,
+                                                  fast_compile):
+  del fast_compile
+  first = methods.plan("digits", ["limited"], ["ce"], [0], {"*": 1},
+                       str(tmp_path / "runs"), curve_seed=0)
+  assert len(first) == 1
   records = methods.run_tasks(first, 1, lambda r: None)
   assert "error" not in records[0], records[0].get("error")
   assert records[0]["reused"] is False
