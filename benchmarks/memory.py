@@ -105,20 +105,21 @@ def main(argv=None):
           "output_mib", "alias_mib", "peak_mib", "peak_donated_mib",
           "compile_s")
   fmt = {c: ".1f" for c in cols if c.endswith("mib") or c == "compile_s"}
-  for name in names:
-    rows.append(measure(name, args))
-    print(common.format_table(rows[-1:], cols, fmt), flush=True)
-  print(f"\npeak = temp + argument + output; peak_donated = peak - alias "
-        f"(method {args.method}, {args.dtype}, "
-        f"{env['device']['platform']})")
-  print(common.format_table(rows, cols, fmt))
-  common.write_json(args.out, {
+  record = {
       "benchmark": "memory", "environment": env,
       "rule": "peak = temp + argument + output bytes of the compiled, donated "
               "train step (memory_analysis); peak_donated subtracts the "
               "aliased (donated) bytes",
       "settings": {k: v for k, v in vars(args).items() if k != "out"},
-      "rows": rows})
+      "rows": rows}
+  for name in names:
+    rows.append(measure(name, args))
+    print(common.format_table(rows[-1:], cols, fmt), flush=True)
+    common.write_json(args.out, record)  # partial results survive a kill
+  print(f"\npeak = temp + argument + output; peak_donated = peak - alias "
+        f"(method {args.method}, {args.dtype}, "
+        f"{env['device']['platform']})")
+  print(common.format_table(rows, cols, fmt))
   return rows
 
 

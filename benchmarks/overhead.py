@@ -43,9 +43,23 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def build_step(name, *, model, batch, num_classes=100):
-  """(jitted donated step, state, batch, XLA flops) for method `name`."""
+def init_variables(model, seed=0):
+  """Model variables, initialised once (jit) and shared by every method."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  v = jax.jit(lambda r: model.init({"params": r, "dropout": r}, jnp.zeros(
+      (1, 32, 32, 3), jnp.float32)))(jax.random.PRNGKey(seed))
+  return {"params": v["params"], "batch_stats": v["batch_stats"]}
+
+
+def build_step(name, *, model, variables, batch, num_classes=100):
+  """(compiled donated step, state, batch, XLA flops) for method `name`.
+
+  The state is assembled from `variables` as `mexd.state.create` does (so the
+  model's init is compiled once, not once per method).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import losses, optim, state as state_lib, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -55,19 +69,22 @@ def build_step(name, *, model, batch, num_classes=100):
       schedule="constant"))
   tx, _ = optim.make_optimizer(cfg, 390, 200)
   teacher_model = teacher = None
-  if method.needs_teacher:
-    teacher_model = model
-    teacher = jax.jit(lambda r: model.init(
-        r, jax.numpy.zeros((1, 32, 32, 3))))(jax.random.PRNGKey(1))
-    teacher = {"params": teacher["params"],
-               "batch_stats": teacher["batch_stats"]}
+  if method.needs_teacher:  # a frozen copy of the same network
+    teacher_model, teacher = model, variables
   step_fn = steps.make_train_step(
       model=model, method=method, tx=tx, mean=(0.5, 0.5, 0.5),
       std=(0.25, 0.25, 0.25), crop_pad=4, flip=True, steps_per_epoch=390,
       num_epochs=200, teacher_model=teacher_model)
-  state = jax.jit(lambda r: state_lib.create(
-      r, model=model, method=method, tx=tx, image_shape=(32, 32, 3),
-      teacher=teacher))(jax.random.PRNGKey(0))
+  num_exits = model.apply(variables, method=lambda m: m.num_exits)
+  params = {"model": variables["params"],
+            "method": method.init_params(num_exits)}
+  copy = lambda t: jax.tree.map(jnp.array, t)  # own buffers (donated)
+  state = state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=copy(params),
+      batch_stats=copy(variables["batch_stats"]),
+      opt_state=jax.jit(tx.init)(params), method_state=method.init_state(),
+      teacher=copy(teacher or {}), rng=jax.random.PRNGKey(1),
+      skipped=jnp.zeros((), jnp.int32))
   rng = np.random.default_rng(0)
   data = {"image": jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3),
                                                dtype=np.uint8)),
@@ -94,9 +111,11 @@ def main(argv=None):
     names = ["ce"] + [n for n in names if n != "ce"]
   model = build_model(args.width, 100, "float32",
                       tuple(int(v) for v in args.stages.split(",")))
+  variables = init_variables(model)
   runs = {}
   for name in names:
     step, state, data, flops = build_step(name, model=model,
+                                          variables=variables,
                                           batch=args.batch)
     for _ in range(args.warmup):
       state, _ = step(state, data)
