@@ -20,7 +20,7 @@ def test_short_run_on_real_fashion_mnist_beats_chance(tmp_path):
       "method=pl")
   c.data.labeled_per_class = 100  # A 1,000-image slice of the real train set.
   c.data.val_size = 1000
-  c.num_epochs = 6
+  c.num_epochs = 4
   c.batch_size = 64
   c.progress_bar = False
   c.num_devices = 1
