@@ -12,43 +12,13 @@ import numpy as np
 import pytest
 
 from mexd.losses import baselines
+import np_reference as ref
 
 # (E, B, C) with one per-shape setting; E = 1 / B = 1 / C = 2 is the smallest.
 SHAPES = [(1, 1, 2), (2, 5, 3), (4, 8, 10)]
 
 
-# NumPy float64 references (METHODS.md §0). ---------------------------------
-
-
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def np_ce(z, y):
-  """CE(z [B, C], y [B]) averaged over the labeled examples (0 if none)."""
-  lab = y >= 0
-  nll = -np_log_softmax(z)[np.arange(len(y)), np.maximum(y, 0)]
-  return np.sum(nll * lab) / max(lab.sum(), 1)
-
-
-def np_ce_grad(z, y):
-  """d CE(z, y) / d z for z [B, C]: (softmax - onehot) / n_labeled."""
-  lab = (y >= 0).astype(np.float64)[:, None]
-  onehot = np.eye(z.shape[-1])[np.maximum(y, 0)]
-  return (np.exp(np_log_softmax(z)) - onehot) * lab / max(lab.sum(), 1)
-
-
-def np_kl(t, s, temp):
-  """[B] KL(softmax(t / T) || softmax(s / T))."""
-  lq, lp = np_log_softmax(t / temp), np_log_softmax(s / temp)
-  return np.sum(np.exp(lq) * (lq - lp), -1)
-
-
-def np_feat(f, g):
-  f, g = np.asarray(f, np.float64), np.asarray(g, np.float64)
-  return np.mean(np.where((f > 0) | (g > 0), (f - g) ** 2, 0.0))
+# NumPy float64 references for SDN and BYOT (CE, KL: np_reference). --------
 
 
 def np_sdn_weights(num_exits, progress):
@@ -57,24 +27,16 @@ def np_sdn_weights(num_exits, progress):
 
 
 def np_byot(z, y, f, *, alpha, temp, lam):
-  loss = (1 - alpha) * sum(np_ce(z[i], y) for i in range(len(z)))
+  loss = (1 - alpha) * sum(ref.ce(z[i], y) for i in range(len(z)))
   for i in range(len(z) - 1):
-    loss += alpha * temp**2 * np.mean(np_kl(z[-1], z[i], temp))
-    loss += lam * np_feat(f[i], f[-1])
+    loss += alpha * temp**2 * np.mean(ref.kl(z[-1], z[i], temp))
+    loss += lam * ref.feat(f[i], f[-1])
   return loss
 
 
 def problems(seed, num_exits, batch, classes, dim=6):
-  """4 problems: labeled, 40% unlabeled, all unlabeled, a single class."""
-  rng = np.random.default_rng(seed)
-  n = 4
-  z = 2.0 * rng.standard_normal((n, num_exits, batch, classes))
-  f = rng.standard_normal((n, num_exits, batch, dim))
-  y = rng.integers(0, classes, (n, batch))
-  y[1] = np.where(rng.random(batch) < 0.4, -1, y[1])
-  y[2] = -1
-  y[3] = rng.integers(0, classes)
-  return z.astype(np.float32), f.astype(np.float32), y.astype(np.int32)
+  """ref.problems (labeled, 40% unlabeled, all unlabeled, one class)."""
+  return ref.problems(seed, num_exits, batch, classes, dim)
 
 
 def run_batched(method, outputs, labels, *, params=None, state=None,
@@ -102,20 +64,6 @@ def _only(metrics, keep):
   return {k: v for k, v in metrics.items() if k.startswith(tuple(keep))}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Compile time dominates these tiny programs: skip most XLA passes."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
-def close(actual, expected):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
-                             rtol=1e-5, atol=1e-6)
-
-
 # CE. -----------------------------------------------------------------------
 
 
@@ -125,9 +73,9 @@ def test_ce_matches_numpy(shape):
   loss, metrics = run_batched(baselines.make_ce(), {"logits": z}, y,
                               keep=["ce/"])
   for n in range(len(z)):
-    close(loss[n], sum(np_ce(z[n, i], y[n]) for i in range(shape[0])))
+    ref.close(loss[n], sum(ref.ce(z[n, i], y[n]) for i in range(shape[0])))
     for i in range(shape[0]):
-      close(metrics[f"ce/exit{i}"][n], np_ce(z[n, i], y[n]))
+      ref.close(metrics[f"ce/exit{i}"][n], ref.ce(z[n, i], y[n]))
   assert np.all(np.asarray(loss[2]) == 0.0)  # all unlabeled
 
 
@@ -136,7 +84,8 @@ def test_ce_exit_weights_and_count_check():
   method = baselines.make_ce(exit_weights=[0.5, 0.0, 2.0])
   loss, _ = run_batched(method, {"logits": z}, y)
   for n in range(len(z)):
-    close(loss[n], 0.5 * np_ce(z[n, 0], y[n]) + 2.0 * np_ce(z[n, 2], y[n]))
+    ref.close(loss[n],
+              0.5 * ref.ce(z[n, 0], y[n]) + 2.0 * ref.ce(z[n, 2], y[n]))
   with pytest.raises(ValueError, match="2 entries but the model has 3"):
     run_batched(baselines.make_ce(exit_weights=[1.0, 1.0]), {"logits": z}, y)
 
@@ -173,8 +122,9 @@ def test_sdn_matches_numpy(shape, progress):
                               keep=["sdn/"])
   w = np_sdn_weights(num_exits, progress)
   for n in range(len(z)):
-    close(loss[n], sum(w[i] * np_ce(z[n, i], y[n]) for i in range(num_exits)))
-    close([metrics[f"sdn/tau/exit{i}"][n] for i in range(num_exits)], w)
+    ref.close(loss[n],
+              sum(w[i] * ref.ce(z[n, i], y[n]) for i in range(num_exits)))
+    ref.close([metrics[f"sdn/tau/exit{i}"][n] for i in range(num_exits)], w)
 
 
 def test_sdn_custom_tau_max_traced_progress():
@@ -184,8 +134,8 @@ def test_sdn_custom_tau_max_traced_progress():
                                         state={}, progress=p)[0])
   for p in (0.1, 0.9):  # one compile: progress is traced
     w = [min(0.2, 0.01 + p * 0.2), min(0.4, 0.01 + p * 0.4), 1.0]
-    close(fn(jnp.float32(p)), sum(w[i] * np_ce(z[0, i], y[0])
-                                  for i in range(3)))
+    ref.close(fn(jnp.float32(p)), sum(w[i] * ref.ce(z[0, i], y[0])
+                                      for i in range(3)))
   with pytest.raises(ValueError, match="2 entries but the model has 3"):
     method.loss_fn({"logits": jnp.zeros((4, 2, 3))}, jnp.zeros(2, jnp.int32),
                    params={}, state={}, progress=1.0)
@@ -206,11 +156,12 @@ def test_byot_matches_numpy(shape, hp):
                               keep=["kd/", "feat/"])
   temp = hp["temperature"]
   for n in range(len(z)):
-    close(loss[n], np_byot(z[n], y[n], f[n], alpha=hp["alpha"], temp=temp,
-                           lam=hp["feature_weight"]))
+    ref.close(loss[n], np_byot(z[n], y[n], f[n], alpha=hp["alpha"],
+                               temp=temp, lam=hp["feature_weight"]))
     for i in range(num_exits - 1):
-      close(metrics[f"kd/exit{i}"][n], np.mean(np_kl(z[n, -1], z[n, i], temp)))
-      close(metrics[f"feat/exit{i}"][n], np_feat(f[n, i], f[n, -1]))
+      ref.close(metrics[f"kd/exit{i}"][n],
+                np.mean(ref.kl(z[n, -1], z[n, i], temp)))
+      ref.close(metrics[f"feat/exit{i}"][n], ref.feat(f[n, i], f[n, -1]))
 
 
 def test_byot_stop_gradient_on_final_exit_and_features():
@@ -224,15 +175,15 @@ def test_byot_stop_gradient_on_final_exit_and_features():
 
   gz, gf = jax.jit(jax.grad(loss, argnums=(0, 1)))(z, f)
   # The final exit gets only (1 - alpha) * CE; its features no gradient.
-  np.testing.assert_allclose(gz[-1], (1 - alpha) * np_ce_grad(z[-1], y),
+  np.testing.assert_allclose(gz[-1], (1 - alpha) * ref.ce_grad(z[-1], y),
                              atol=1e-6)
   np.testing.assert_array_equal(gf[-1], 0.0)
   assert np.abs(gf[:-1]).max() > 0
   # Early exits: (1-a) CE + a T^2 KL, with d/dz KL = (p^T - q) / (T B).
-  q = np.exp(np_log_softmax(z[-1] / temp))
+  q = ref.softmax(z[-1] / temp)
   for i in range(2):
-    pt = np.exp(np_log_softmax(z[i] / temp))
-    want = ((1 - alpha) * np_ce_grad(z[i], y)
+    pt = ref.softmax(z[i] / temp)
+    want = ((1 - alpha) * ref.ce_grad(z[i], y)
             + alpha * temp * (pt - q) / len(y))
     np.testing.assert_allclose(gz[i], want, atol=1e-6)
 

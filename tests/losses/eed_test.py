@@ -6,35 +6,9 @@ import numpy as np
 import pytest
 
 from mexd.losses import eed
+import np_reference as ref
 
 SHAPES = [(1, 1, 2), (2, 5, 3), (4, 8, 10)]
-
-
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def np_ce(z, y):
-  lab = y >= 0
-  nll = -np_log_softmax(z)[np.arange(len(y)), np.maximum(y, 0)]
-  return np.sum(nll * lab) / max(lab.sum(), 1)
-
-
-def np_ce_grad(z, y):
-  lab = (y >= 0).astype(np.float64)[:, None]
-  onehot = np.eye(z.shape[-1])[np.maximum(y, 0)]
-  return (np.exp(np_log_softmax(z)) - onehot) * lab / max(lab.sum(), 1)
-
-
-def np_kl(t, s, temp):
-  lq, lp = np_log_softmax(t / temp), np_log_softmax(s / temp)
-  return np.sum(np.exp(lq) * (lq - lp), -1)
-
-
-def np_feat(f, g):
-  return np.mean(np.where((f > 0) | (g > 0), (f - g) ** 2, 0.0))
 
 
 def np_eed(z, y, f, *, output_loss, temp=3.0, kl_weight=0.1, features=True):
@@ -43,26 +17,19 @@ def np_eed(z, y, f, *, output_loss, temp=3.0, kl_weight=0.1, features=True):
   z_ens, f_ens = z.mean(0), f.mean(0)
   loss = 0.0
   for i in range(len(z)):
-    loss += np_ce(z[i], y)
+    loss += ref.ce(z[i], y)
     if output_loss == "mse":
       loss += np.mean((z[i] - z_ens) ** 2)
     else:
-      loss += kl_weight * temp**2 * np.mean(np_kl(z_ens, z[i], temp))
+      loss += kl_weight * temp**2 * np.mean(ref.kl(z_ens, z[i], temp))
     if features:
-      loss += np_feat(f[i], f_ens)
+      loss += ref.feat(f[i], f_ens)
   return loss
 
 
 def problems(seed, num_exits, batch, classes, dim=6):
-  """4 problems: labeled, 40% unlabeled, all unlabeled, a single class."""
-  rng = np.random.default_rng(seed)
-  z = 2.0 * rng.standard_normal((4, num_exits, batch, classes))
-  f = rng.standard_normal((4, num_exits, batch, dim))
-  y = rng.integers(0, classes, (4, batch))
-  y[1] = np.where(rng.random(batch) < 0.4, -1, y[1])
-  y[2] = -1
-  y[3] = rng.integers(0, classes)
-  return z.astype(np.float32), f.astype(np.float32), y.astype(np.int32)
+  """ref.problems (labeled, 40% unlabeled, all unlabeled, one class)."""
+  return ref.problems(seed, num_exits, batch, classes, dim)
 
 
 def run_batched(method, outputs, labels, keep=()):
@@ -75,20 +42,6 @@ def run_batched(method, outputs, labels, keep=()):
   return jax.jit(jax.vmap(one))(outputs, labels)
 
 
-def close(actual, expected):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
-                             rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Compile time dominates these tiny programs: skip most XLA passes."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 def test_eed_mse_matches_numpy(shape):
   num_exits = shape[0]
@@ -96,11 +49,11 @@ def test_eed_mse_matches_numpy(shape):
   loss, m = run_batched(eed.make_eed(), {"logits": z, "features": f}, y,
                         keep=["mse/", "feat/", "loss/mse"])
   for n in range(len(z)):
-    close(loss[n], np_eed(z[n], y[n], f[n], output_loss="mse"))
+    ref.close(loss[n], np_eed(z[n], y[n], f[n], output_loss="mse"))
     z_ens = z[n].astype(np.float64).mean(0)
     for i in range(num_exits):
-      close(m[f"mse/exit{i}"][n], np.mean((z[n, i] - z_ens) ** 2))
-      close(m[f"feat/exit{i}"][n], np_feat(f[n, i], f[n].mean(0)))
+      ref.close(m[f"mse/exit{i}"][n], np.mean((z[n, i] - z_ens) ** 2))
+      ref.close(m[f"feat/exit{i}"][n], ref.feat(f[n, i], f[n].mean(0)))
   if num_exits == 1:  # the ensemble of one exit is that exit
     np.testing.assert_allclose(m["loss/mse"], 0.0, atol=1e-7)
 
@@ -114,11 +67,12 @@ def test_eed_kl_matches_numpy(shape, temp, kl_weight):
   loss, m = run_batched(method, {"logits": z, "features": f}, y,
                         keep=["kd/"])
   for n in range(len(z)):
-    close(loss[n], np_eed(z[n], y[n], f[n], output_loss="kl", temp=temp,
-                          kl_weight=kl_weight))
+    ref.close(loss[n], np_eed(z[n], y[n], f[n], output_loss="kl", temp=temp,
+                              kl_weight=kl_weight))
     for i in range(shape[0]):
-      close(m[f"kd/exit{i}"][n],
-            np.mean(np_kl(z[n].astype(np.float64).mean(0), z[n, i], temp)))
+      ref.close(m[f"kd/exit{i}"][n],
+                np.mean(ref.kl(z[n].astype(np.float64).mean(0), z[n, i],
+                               temp)))
 
 
 def test_eed_without_feature_loss_needs_no_features():
@@ -127,8 +81,8 @@ def test_eed_without_feature_loss_needs_no_features():
                         keep=["loss/"])
   assert "loss/feat" not in m
   for n in range(len(z)):
-    close(loss[n], np_eed(z[n], y[n], f[n], output_loss="mse",
-                          features=False))
+    ref.close(loss[n], np_eed(z[n], y[n], f[n], output_loss="mse",
+                              features=False))
   with pytest.raises(ValueError, match="features"):
     eed.make_eed().loss_fn({"logits": z[0]}, y[0], params={}, state={},
                            progress=1.0)
@@ -171,9 +125,9 @@ def test_ensemble_is_a_constant_for_the_gradient(output_loss):
     if output_loss == "mse":  # dCE + 2 (z_i - mean) / (B C)
       out = 2 * (zd[i] - zd.mean(0)) / z[i].size
     else:  # dCE + w T^2 (p_i^T - q) / (T B)
-      q = np.exp(np_log_softmax(zd.mean(0) / 2.0))
-      out = 0.3 * 2.0 * (np.exp(np_log_softmax(zd[i] / 2.0)) - q) / len(y)
-    np.testing.assert_allclose(grads[0][i], np_ce_grad(z[i], y) + out,
+      q = ref.softmax(zd.mean(0) / 2.0)
+      out = 0.3 * 2.0 * (ref.softmax(zd[i] / 2.0) - q) / len(y)
+    np.testing.assert_allclose(grads[0][i], ref.ce_grad(z[i], y) + out,
                                atol=1e-6)
 
 

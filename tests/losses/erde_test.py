@@ -6,25 +6,9 @@ import numpy as np
 import pytest
 
 from mexd.losses import erde
+import np_reference as ref
 
 SHAPES = [(1, 1, 2), (2, 5, 3), (4, 8, 10)]
-
-
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def np_ce(z, y):
-  lab = y >= 0
-  nll = -np_log_softmax(z)[np.arange(len(y)), np.maximum(y, 0)]
-  return np.sum(nll * lab) / max(lab.sum(), 1)
-
-
-def np_kl(t, s, temp):
-  lq, lp = np_log_softmax(t / temp), np_log_softmax(s / temp)
-  return np.sum(np.exp(lq) * (lq - lp), -1)
 
 
 def np_erde(z, zt, y, *, temp, alpha, gamma, kl_on_wrong):
@@ -37,10 +21,10 @@ def np_erde(z, zt, y, *, temp, alpha, gamma, kl_on_wrong):
   for i in range(len(z)):
     wrong = (zt[i].argmax(-1) != y) & (y >= 0)
     kl_mask = np.ones_like(wrong) if kl_on_wrong else ~wrong
-    logp = np_log_softmax(z[i])
+    logp = ref.log_softmax(z[i])
     ent = -np.sum(np.exp(logp) * logp, -1)
-    loss += alpha * np_ce(z[i], y)
-    loss += (1 - alpha) * temp**2 * np.mean(kl_mask * np_kl(zt[i], z[i], temp))
+    loss += alpha * ref.ce(z[i], y)
+    loss += (1 - alpha) * temp**2 * np.mean(kl_mask * ref.kl(zt[i], z[i], temp))
     loss += gamma * np.mean(wrong * (np.log(num_classes) - ent))
   return loss
 
@@ -75,20 +59,6 @@ def run_batched(method, z, zt, y, keep=()):
   return jax.jit(jax.vmap(one))(z, zt, y)
 
 
-def close(actual, expected):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
-                             rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Compile time dominates these tiny programs: skip most XLA passes."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.mark.parametrize("shape,hp", zip(SHAPES, [
     dict(temperature=4.0, alpha=0.5, gamma=1.0, kl_on_wrong=False),
     dict(temperature=1.0, alpha=0.2, gamma=0.5, kl_on_wrong=True),
@@ -99,13 +69,13 @@ def test_erde_matches_numpy(shape, hp):
   assert method.needs_teacher
   loss, m = run_batched(method, z, zt, y, keep=["teacher_err/", "loss/ent"])
   for n in range(len(z)):
-    close(loss[n], np_erde(z[n], zt[n], y[n], temp=hp["temperature"],
-                           alpha=hp["alpha"], gamma=hp["gamma"],
-                           kl_on_wrong=hp["kl_on_wrong"]))
+    ref.close(loss[n], np_erde(z[n], zt[n], y[n], temp=hp["temperature"],
+                               alpha=hp["alpha"], gamma=hp["gamma"],
+                               kl_on_wrong=hp["kl_on_wrong"]))
     lab = y[n] >= 0
     for i in range(shape[0]):
       err = np.sum((zt[n, i].argmax(-1) != y[n]) & lab) / max(lab.sum(), 1)
-      close(m[f"teacher_err/exit{i}"][n], err)
+      ref.close(m[f"teacher_err/exit{i}"][n], err)
   # Unlabeled examples are never "teacher wrong": no entropy term.
   np.testing.assert_array_equal(m["loss/ent"][2], 0.0)
 
@@ -119,8 +89,8 @@ def test_kd_matches_numpy(shape, temp, alpha):
   loss, m = run_batched(method, z, zt, y, keep=["loss/"])
   assert "loss/ent" not in m
   for n in range(len(z)):
-    close(loss[n], np_erde(z[n], zt[n], y[n], temp=temp, alpha=alpha,
-                           gamma=0.0, kl_on_wrong=True))
+    ref.close(loss[n], np_erde(z[n], zt[n], y[n], temp=temp, alpha=alpha,
+                               gamma=0.0, kl_on_wrong=True))
 
 
 def test_no_gradient_into_the_teacher():

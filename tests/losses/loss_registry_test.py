@@ -17,15 +17,6 @@ from mexd.losses import phuong_lampert
 ALL = ["byot", "ce", "eed", "erde", "kd", "mate", "pl", "pl_const", "sdn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Compile time dominates these tiny programs: skip most XLA passes."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
 def test_every_method_is_registered():
   assert losses.method_names() == ALL
 

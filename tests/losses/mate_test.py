@@ -12,31 +12,9 @@ import numpy as np
 import pytest
 
 from mexd.losses import mate
+import np_reference as ref
 
 SHAPES = [(1, 1, 2), (2, 5, 3), (4, 8, 10)]
-
-
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def np_ce(z, y):
-  lab = y >= 0
-  nll = -np_log_softmax(z)[np.arange(len(y)), np.maximum(y, 0)]
-  return np.sum(nll * lab) / max(lab.sum(), 1)
-
-
-def np_ce_grad(z, y):
-  lab = (y >= 0).astype(np.float64)[:, None]
-  onehot = np.eye(z.shape[-1])[np.maximum(y, 0)]
-  return (np.exp(np_log_softmax(z)) - onehot) * lab / max(lab.sum(), 1)
-
-
-def np_kl(t, s, temp):
-  lq, lp = np_log_softmax(t / temp), np_log_softmax(s / temp)
-  return np.sum(np.exp(lq) * (lq - lp), -1)
 
 
 def np_weights(a, restrict_deeper=False):
@@ -46,7 +24,7 @@ def np_weights(a, restrict_deeper=False):
   scores = -np.abs(j - np.minimum(k + 1, e - 1)) + a.astype(np.float64)
   if restrict_deeper:
     scores = np.where(j >= k, scores, -np.inf)
-  return np.exp(np_log_softmax(scores))
+  return ref.softmax(scores)
 
 
 def np_mix(beta, e):
@@ -61,13 +39,13 @@ def np_mate(z, y, a, *, temp, beta, restrict_deeper=False, objective="ce"):
   e = len(z)
   w = np_weights(a, restrict_deeper)
   t = np.einsum("kj,jbc->kbc", w, z)
-  l_a = sum(np_ce(t[k], y) for k in range(e))
-  loss = sum(np_ce(z[i], y) for i in range(e))
+  l_a = sum(ref.ce(t[k], y) for k in range(e))
+  loss = sum(ref.ce(z[i], y) for i in range(e))
   if e > 1:
     mix = np_mix(beta, e)
     for i in range(e):
       for k in range(e):
-        loss += temp**2 * mix[i, k] * np.mean(np_kl(t[k], z[i], temp))
+        loss += temp**2 * mix[i, k] * np.mean(ref.kl(t[k], z[i], temp))
     if objective == "ce":
       loss += l_a
   return loss, w, t, l_a
@@ -76,13 +54,9 @@ def np_mate(z, y, a, *, temp, beta, restrict_deeper=False, objective="ce"):
 def problems(seed, num_exits, batch, classes):
   """4 problems: labeled, 40% unlabeled, all unlabeled, a single class."""
   rng = np.random.default_rng(seed)
-  z = 2.0 * rng.standard_normal((4, num_exits, batch, classes))
-  y = rng.integers(0, classes, (4, batch))
-  y[1] = np.where(rng.random(batch) < 0.4, -1, y[1])
-  y[2] = -1
-  y[3] = rng.integers(0, classes)
+  z, _, y = ref.problems(rng, num_exits, batch, classes)
   a = 0.7 * rng.standard_normal((num_exits, num_exits))
-  return z.astype(np.float32), y.astype(np.int32), a.astype(np.float32)
+  return z, y, a.astype(np.float32)
 
 
 def run_batched(method, z, y, a):
@@ -93,36 +67,22 @@ def run_batched(method, z, y, a):
   return jax.jit(fn)(z, y, {"ensemble_logits": a})
 
 
-def close(actual, expected):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
-                             rtol=1e-5, atol=1e-6)
-
-
 def check_against_numpy(method, z, y, a, **np_kw):
   loss, m = run_batched(method, z, y, a)
   e = z.shape[1]
   for n in range(len(z)):
     want, w, t, l_a = np_mate(z[n], y[n], a, **np_kw)
-    close(loss[n], want)
+    ref.close(loss[n], want)
     lab = y[n] >= 0
     for k in range(e):
       acc = np.sum((t[k].argmax(-1) == y[n]) & lab) / max(lab.sum(), 1)
-      close(m[f"mate/teacher_acc{k}"][n], acc)
-      close(m[f"mate/teacher_ce{k}"][n], np_ce(t[k], y[n]))
+      ref.close(m[f"mate/teacher_acc{k}"][n], acc)
+      ref.close(m[f"mate/teacher_ce{k}"][n], ref.ce(t[k], y[n]))
       for j in range(e):
-        close(m[f"mate/w{k}_{j}"][n], w[k, j])
+        ref.close(m[f"mate/w{k}_{j}"][n], w[k, j])
     if e > 1 and np_kw.get("objective", "ce") == "ce":
-      close(m["loss/teacher"][n], l_a)
+      ref.close(m["loss/teacher"][n], l_a)
   return loss, m
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Compile time dominates these tiny programs: skip most XLA passes."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.mark.parametrize("shape,temp,beta", zip(
@@ -133,7 +93,7 @@ def test_mate_matches_numpy(shape, temp, beta):
   loss, m = check_against_numpy(method, z, y, a, temp=temp, beta=beta)
   if shape[0] == 1:  # one exit: just CE
     for n in range(len(z)):
-      close(loss[n], np_ce(z[n, 0], y[n]))
+      ref.close(loss[n], ref.ce(z[n, 0], y[n]))
     assert "loss/teacher" not in m and "loss/kd" not in m
 
 
@@ -189,18 +149,18 @@ def test_gradients_of_a_come_from_l_a_only():
   np.testing.assert_allclose(ga, ga_la, rtol=1e-6, atol=1e-7)
   # dL_A/dA through the softmax, by hand: G[k, j] = <dCE/dt_k, z_j>.
   _, w, t, _ = np_mate(z, y, a, temp=temp, beta=beta)
-  g_t = np.stack([np_ce_grad(t[k], y) for k in range(4)])
+  g_t = np.stack([ref.ce_grad(t[k], y) for k in range(4)])
   big_g = np.einsum("kbc,jbc->kj", g_t, z.astype(np.float64))
   want = w * (big_g - np.sum(w * big_g, -1, keepdims=True))
   np.testing.assert_allclose(ga, want, atol=1e-6)
   # Exit gradients treat the teachers as constants:
   # dCE_i + T sum_k M[i, k] (p_i^T - q_k) / B.
   mix = np_mix(beta, 4)
-  q = np.exp(np_log_softmax(t / temp))
+  q = ref.softmax(t / temp)
   for i in range(4):
-    pt = np.exp(np_log_softmax(z[i] / temp))
+    pt = ref.softmax(z[i] / temp)
     kd = sum(mix[i, k] * (pt - q[k]) for k in range(4))
-    np.testing.assert_allclose(gz[i], np_ce_grad(z[i], y)
+    np.testing.assert_allclose(gz[i], ref.ce_grad(z[i], y)
                                + temp * kd / len(y), atol=1e-6)
 
 

@@ -10,54 +10,27 @@ import numpy as np
 import pytest
 
 from mexd.losses import phuong_lampert
+import np_reference as ref
 
 SHAPES = [(1, 1, 2), (2, 5, 3), (4, 8, 10)]
 
 
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def np_ce(z, y):
-  lab = y >= 0
-  nll = -np_log_softmax(z)[np.arange(len(y)), np.maximum(y, 0)]
-  return np.sum(nll * lab) / max(lab.sum(), 1)
-
-
-def np_ce_grad(z, y):
-  lab = (y >= 0).astype(np.float64)[:, None]
-  onehot = np.eye(z.shape[-1])[np.maximum(y, 0)]
-  return (np.exp(np_log_softmax(z)) - onehot) * lab / max(lab.sum(), 1)
-
-
-def np_kl(t, s, temp):
-  lq, lp = np_log_softmax(t / temp), np_log_softmax(s / temp)
-  return np.sum(np.exp(lq) * (lq - lp), -1)
-
-
 def np_pl(z, y, *, c, temp, scale):
   """s [(1-C) sum_i CE_i + C T^2 sum_{i<E-1} mean_b KL(t || p_i^T)]."""
-  loss = (1 - c) * sum(np_ce(z[i], y) for i in range(len(z)))
+  loss = (1 - c) * sum(ref.ce(z[i], y) for i in range(len(z)))
   for i in range(len(z) - 1):
-    loss += c * temp**2 * np.mean(np_kl(z[-1], z[i], temp))
+    loss += c * temp**2 * np.mean(ref.kl(z[-1], z[i], temp))
   return scale * loss
 
 
 def np_mean_max_prob(z_final, temp):
-  return np.mean(np.exp(np_log_softmax(z_final / temp)).max(-1))
+  return np.mean(ref.softmax(z_final / temp).max(-1))
 
 
 def problems(seed, num_exits, batch, classes):
   """4 problems: labeled, 40% unlabeled, all unlabeled, a single class."""
-  rng = np.random.default_rng(seed)
-  z = 2.0 * rng.standard_normal((4, num_exits, batch, classes))
-  y = rng.integers(0, classes, (4, batch))
-  y[1] = np.where(rng.random(batch) < 0.4, -1, y[1])
-  y[2] = -1
-  y[3] = rng.integers(0, classes)
-  return z.astype(np.float32), y.astype(np.int32)
+  z, _, y = ref.problems(seed, num_exits, batch, classes)
+  return z, y
 
 
 def batched(method, keep=()):
@@ -75,20 +48,6 @@ def batched(method, keep=()):
   return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
 
 
-def close(actual, expected):
-  np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
-                             rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Compile time dominates these tiny programs: skip most XLA passes."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.mark.parametrize("shape,c,scale", zip(
     SHAPES, [0.5, 0.3, 1.0], [1.0, 10 / 11, 2.0]))
 def test_pl_matches_numpy(shape, c, scale):
@@ -99,13 +58,14 @@ def test_pl_matches_numpy(shape, c, scale):
   for temp in (1.0, 2.5, 0.7):  # T is traced state: one compile
     loss, m = run({"logits": z}, y, {"temperature": jnp.float32(temp)})
     for n in range(len(z)):
-      close(loss[n], np_pl(z[n], y[n], c=c, temp=temp, scale=scale))
-      close(m["mean_max_prob"][n], np_mean_max_prob(z[n, -1], temp))
-      close(m["temperature"][n], temp)
+      ref.close(loss[n], np_pl(z[n], y[n], c=c, temp=temp, scale=scale))
+      ref.close(m["mean_max_prob"][n], np_mean_max_prob(z[n, -1], temp))
+      ref.close(m["temperature"][n], temp)
       for i in range(num_exits - 1):
-        close(m[f"kd/exit{i}"][n], np.mean(np_kl(z[n, -1], z[n, i], temp)))
+        ref.close(m[f"kd/exit{i}"][n],
+                  np.mean(ref.kl(z[n, -1], z[n, i], temp)))
       for i in range(num_exits):
-        close(m[f"ce/exit{i}"][n], np_ce(z[n, i], y[n]))
+        ref.close(m[f"ce/exit{i}"][n], ref.ce(z[n, i], y[n]))
 
 
 @pytest.mark.parametrize("shape,c,temp", zip(
@@ -115,7 +75,7 @@ def test_pl_const_matches_numpy(shape, c, temp):
   method = phuong_lampert.make_pl_const(c=c, temperature=temp)
   loss, _ = batched(method)({"logits": z}, y, {})
   for n in range(len(z)):
-    close(loss[n], np_pl(z[n], y[n], c=c, temp=temp, scale=1.0))
+    ref.close(loss[n], np_pl(z[n], y[n], c=c, temp=temp, scale=1.0))
 
 
 def test_final_exit_gets_only_the_ce_gradient():
@@ -128,13 +88,13 @@ def test_final_exit_gets_only_the_ce_gradient():
         z, y, temperature=jnp.float32(temp), c=c, global_scale=scale)[0]
 
   g = jax.jit(jax.grad(loss))(z)
-  np.testing.assert_allclose(g[-1], scale * (1 - c) * np_ce_grad(z[-1], y),
+  np.testing.assert_allclose(g[-1], scale * (1 - c) * ref.ce_grad(z[-1], y),
                              atol=1e-6)
   # Early exits: s [(1-C) dCE + C T^2 dKL], dKL/dz = (p^T - q) / (T B).
-  q = np.exp(np_log_softmax(z[-1] / temp))
+  q = ref.softmax(z[-1] / temp)
   for i in range(2):
-    pt = np.exp(np_log_softmax(z[i] / temp))
-    want = scale * ((1 - c) * np_ce_grad(z[i], y)
+    pt = ref.softmax(z[i] / temp)
+    want = scale * ((1 - c) * ref.ce_grad(z[i], y)
                     + c * temp * (pt - q) / len(y))
     np.testing.assert_allclose(g[i], want, atol=1e-6)
 
@@ -165,10 +125,10 @@ def test_temperature_update_uses_this_steps_temperature():
   state, temp = method.init_state(), 1.0
   for _ in range(3):
     loss, m = run({"logits": z}, y, state)
-    close(loss[0], np_pl(z[0], y[0], c=0.5, temp=temp, scale=1.0))
+    ref.close(loss[0], np_pl(z[0], y[0], c=0.5, temp=temp, scale=1.0))
     mp = np_mean_max_prob(z[0, -1], temp)
-    close(m["mean_max_prob"][0], mp)
+    ref.close(m["mean_max_prob"][0], mp)
     state = method.update_state(state, {"mean_max_prob": m["mean_max_prob"][0]})
     temp = temp * 1.05 if mp > 0.5 else temp
-    close(state["temperature"], temp)
+    ref.close(state["temperature"], temp)
   assert temp > 1.0
