@@ -26,5 +26,7 @@ def test_short_run_on_real_fashion_mnist_beats_chance(tmp_path):
   c.num_devices = 1
   c.eval_every_epochs = 100
   res = train.train_and_evaluate(c, str(tmp_path))
-  # 10 balanced classes: chance is 10 %.
-  assert min(res["test"]["acc"]) > 0.3, res["test"]
+  # 10 balanced classes: chance is 10 % (+- 0.3 % on 10,000 test images);
+  # every exit must be at least twice that, the deepest far above it.
+  assert min(res["test"]["acc"]) > 0.2, res["test"]
+  assert res["test"]["acc"][-1] > 0.5, res["test"]
