@@ -5,8 +5,7 @@ optimizer, preprocessing) and returns `train_step(state, batch) -> (state,
 metrics)`; the caller jits it with shardings and donates the state.
 """
 
-import functools
-from typing import Any, Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp

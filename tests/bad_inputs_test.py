@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from configs import digits
-from mexd import data as data_lib
 from mexd import train
 from mexd import workdir as workdir_lib
 from mexd.data import base

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from configs import digits
-from mexd import early_exit as ee
 from mexd import evaluate
 from mexd import train
 

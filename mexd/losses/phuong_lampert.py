@@ -11,8 +11,6 @@ Semi-supervised variant: examples with label -1 contribute no cross-entropy
 distillation term, which is averaged over the whole batch.
 """
 
-from typing import Mapping
-
 import jax
 import jax.numpy as jnp
 
