@@ -128,7 +128,7 @@ def format_table(results: Dict[str, Dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def load_teacher(config, num_classes, image_shape):
+def load_teacher(config, num_classes):
   """(model, variables) of the frozen teacher run in config.teacher_workdir."""
   tdir = config.get("teacher_workdir")
   if not tdir:
@@ -136,7 +136,7 @@ def load_teacher(config, num_classes, image_shape):
                      "--config.teacher_workdir to a finished run's workdir")
   tconfig = workdir_lib.load_config(tdir)
   tmodel = build_model(tconfig, num_classes)
-  variables = workdir_lib.load_variables(tdir, tconfig, tmodel, image_shape)
+  variables = workdir_lib.load_variables(tdir)
   return tmodel, variables
 
 
@@ -198,8 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       unlabeled_batch=config.data.get("unlabeled_batch", 0))
   teacher_model, teacher_vars = None, None
   if method.needs_teacher:
-    teacher_model, teacher_vars = load_teacher(config, num_classes,
-                                               image_shape)
+    teacher_model, teacher_vars = load_teacher(config, num_classes)
   steps_per_epoch = batches.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   tx, lr_fn = optim.make_optimizer(config.optimizer, steps_per_epoch,

@@ -81,13 +81,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_variables(workdir: str, config=None, model=None, image_shape=None):
+def load_variables(workdir: str):
   """{"params", "batch_stats"} of the newest checkpoint in `workdir`.
 
   Restored as host numpy arrays (the layout of the saving run does not
   matter), so any device count can use them.
   """
-  del config, model, image_shape  # The checkpoint is self-describing.
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise WorkdirError(f"{workdir} has no checkpoint (no {ckpt_dir}); train "
