@@ -159,9 +159,7 @@ def _same_config(workdir: str, config) -> bool:
     return False
   with open(path) as f:
     old = json.load(f)
-  # pylint: disable-next=protected-access
-  return (workdir_lib._comparable(old)
-          == workdir_lib._comparable(workdir_lib.config_to_dict(config)))
+  return not workdir_lib.config_diff(old, workdir_lib.config_to_dict(config))
 
 
 def _save_logits(workdir: str, config) -> Dict[str, Any]:

@@ -63,6 +63,6 @@ def get_config(arg=None):
   if a.runlocal:
     c.num_epochs = 1
     c.batch_size = 16
-    c.eval_batch_size = 50
+    c.eval_batch_size = 64
     c.log_every_steps = 5
   return c

@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
       name="digits", data_dir=ml_collections.config_dict.placeholder(str),
+      # tfds sets only: resize + center-crop side (None: 224 for birds,
+      # dogs and imagenet2012, native size for the others).
+      image_size=ml_collections.config_dict.placeholder(int),
       val_size=180, split_seed=0,
       labeled_per_class=ml_collections.config_dict.placeholder(int),
       unlabeled_pool=False, unlabeled_batch=0))

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict
+from typing import Dict, List
 
 import jax
 import ml_collections
@@ -29,8 +29,22 @@ class WorkdirError(ValueError):
   """The work directory cannot be used as asked."""
 
 
-def _comparable(cfg_dict: Dict) -> Dict:
-  return {k: v for k, v in cfg_dict.items() if k not in _RESUMABLE}
+def _drop_none(d):
+  """`d` without None values, recursively (unset placeholders)."""
+  if isinstance(d, dict):
+    return {k: _drop_none(v) for k, v in d.items() if v is not None}
+  return d
+
+
+def config_diff(old: Dict, new: Dict) -> List[str]:
+  """Top-level fields in which two config dicts differ for resumption.
+
+  Fields of `_RESUMABLE` are ignored, and so are unset (None) values, so a
+  run saved before a new optional field existed still resumes.
+  """
+  old, new = _drop_none(old), _drop_none(new)
+  return sorted(k for k in set(old) | set(new)
+                if k not in _RESUMABLE and old.get(k) != new.get(k))
 
 
 def config_to_dict(config) -> Dict:
@@ -50,9 +64,8 @@ def prepare(workdir: str, config, split_indices: Dict[str, np.ndarray], *,
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    if _comparable(old) != _comparable(new):
-      diff = sorted(k for k in set(old) | set(new)
-                    if k not in _RESUMABLE and old.get(k) != new.get(k))
+    diff = config_diff(old, new)
+    if diff:
       if not overwrite:
         raise WorkdirError(
             f"{workdir} holds a run of a different config (fields differ: "

@@ -60,6 +60,22 @@ def test_workdir_with_other_config_is_refused(tmp_path):
     train.train_and_evaluate(other, str(tmp_path))
 
 
+def test_run_saved_before_a_new_optional_field_resumes(tmp_path):
+  """An unset (None) field missing from an older config.json is no change."""
+  config = small_config(num_epochs=1)
+  res = train.train_and_evaluate(config, str(tmp_path))
+  saved = json.load(open(tmp_path / "config.json"))
+  assert "image_size" in saved["data"] and saved["data"]["image_size"] is None
+  del saved["data"]["image_size"]
+  json.dump(saved, open(tmp_path / "config.json", "w"))
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["steps"] == res["steps"]
+  saved["data"]["image_size"] = 32  # A set value is a change.
+  json.dump(saved, open(tmp_path / "config.json", "w"))
+  with pytest.raises(workdir_lib.WorkdirError, match="fields differ: data"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
 def test_cli_overrides_reach_the_run(tmp_path):
   cmd = [sys.executable, "-m", "mexd.train",
          "--config=configs/digits.py", "--config.method=ce",

@@ -43,11 +43,28 @@ def dataset_names():
   return sorted(_LOADERS)
 
 
-def load_official(name: str, data_dir=None) -> Dict[str, Dataset]:
-  """The official splits of data set `name` ({"train", "test"})."""
+def load_official(name: str, data_dir=None, *, image_size=None
+                  ) -> Dict[str, Dataset]:
+  """The official splits of data set `name` ({"train", "test"}).
+
+  Args:
+    name: a registered name (`dataset_names()`).
+    data_dir: where its files are; None: the loader's default.
+    image_size: side to resize and center-crop images to; only the tfds sets
+      take it (None: 224 for the variable-size sets, else native size).
+  """
   if name not in _LOADERS:
     raise ValueError(_unknown_name_message(name))
-  return _LOADERS[name](data_dir)
+  if image_size is None:
+    return _LOADERS[name](data_dir)
+  if not name.startswith("tfds:"):
+    raise ValueError(
+        f"config.data.image_size={image_size} applies to the tfds:* sets "
+        f"only; {name!r} has one native size (leave image_size unset).")
+  if not isinstance(image_size, int) or image_size <= 0:
+    raise ValueError(f"config.data.image_size must be a positive integer, "
+                     f"got {image_size!r}")
+  return _LOADERS[name](data_dir, image_size=image_size)
 
 
 def _unknown_name_message(name: str) -> str:
@@ -62,13 +79,14 @@ def load_splits(cfg):
   """Loads `cfg.name` and carves the seeded splits (see `base.make_splits`).
 
   Args:
-    cfg: the `config.data` ConfigDict: name, data_dir, val_size, split_seed,
-      labeled_per_class, unlabeled_pool.
+    cfg: the `config.data` ConfigDict: name, data_dir, image_size, val_size,
+      split_seed, labeled_per_class, unlabeled_pool.
 
   Returns:
     (splits, indices) as in `base.make_splits`.
   """
-  official = load_official(cfg.name, cfg.get("data_dir"))
+  official = load_official(cfg.name, cfg.get("data_dir"),
+                           image_size=cfg.get("image_size"))
   return base.make_splits(
       official["train"], official["test"], val_size=cfg.val_size,
       seed=cfg.get("split_seed", 0),
