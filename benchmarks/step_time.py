@@ -45,6 +45,9 @@ def parse_args(argv=None):
   p.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps")
   p.add_argument("--dtype", default="float32", help="mexd compute dtype")
+  p.add_argument("--conv_impl", default="auto",
+                 help="comma list of mexd.models.conv impls to time: auto "
+                 "(Winograd 3x3 on CPU), xla, winograd")
   p.add_argument("--matmul_precision", default=None,
                  help="jax_default_matmul_precision (e.g. bfloat16, float32)")
   p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
@@ -127,10 +130,11 @@ def param_count_torch(step) -> int:
   return sum(p.numel() for p in step.model.parameters())
 
 
-def run_config(args, width, batch, method_name):
-  """Times one (width, batch, method) configuration; returns a row."""
+def run_config(args, width, batch, method_name, conv_impl="auto"):
+  """Times one (width, batch, method, conv impl) configuration; a row."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from mexd.models import conv  # pylint: disable=g-import-not-at-top
   step, state, data, _ = make_jax_step(
       width=width, batch=batch, method_name=method_name,
       num_classes=args.num_classes, dtype=args.dtype, stages=_stages(args))
@@ -139,7 +143,9 @@ def run_config(args, width, batch, method_name):
   compiled = [None]
 
   def compile_():
-    compiled[0] = step.lower(state, data).compile()
+    with conv.use_impl(conv_impl):  # Chosen while the step is traced.
+      lowered = step.lower(state, data)
+    compiled[0] = lowered.compile()
 
   t_compile = common.timeit(compile_)
   step = compiled[0]  # the executable itself: no second compile on call
@@ -185,6 +191,7 @@ def run_config(args, width, batch, method_name):
       ratios.append(tt / tj)  # = (img/s JAX) / (img/s torch)
   n = args.steps * batch
   row = {"method": method_name, "batch": batch, "width": width,
+         "conv_impl": conv_impl,
          "params_jax": n_params_jax, "params_torch": n_params_torch,
          "jax_img_s": n / common.median(t_jax),
          "jax_ms_step": 1e3 * common.median(t_jax) / args.steps,
@@ -235,9 +242,10 @@ def main(argv=None):
   rows = []
   for method_name in args.methods.split(","):
     for batch, width in configs:
-      row = run_config(args, width, batch, method_name)
-      rows.append(row)
-      print(common.format_table([row], _COLUMNS, _FMT), flush=True)
+      for impl in args.conv_impl.split(","):
+        row = run_config(args, width, batch, method_name, impl)
+        rows.append(row)
+        print(common.format_table([row], _COLUMNS, _FMT), flush=True)
   print()
   print(common.format_table(rows, _COLUMNS, _FMT))
   common.write_json(args.out, {
@@ -247,7 +255,7 @@ def main(argv=None):
   return rows
 
 
-_COLUMNS = ("method", "batch", "width", "jax_img_s", "torch_img_s",
+_COLUMNS = ("method", "batch", "width", "conv_impl", "jax_img_s", "torch_img_s",
             "ratio_jax_over_torch", "jax_ms_step", "torch_ms_step", "loadavg")
 _FMT = {"jax_img_s": ".1f", "torch_img_s": ".1f", "ratio_jax_over_torch":
         ".3f", "jax_ms_step": ".0f", "torch_ms_step": ".0f"}

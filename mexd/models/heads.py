@@ -40,6 +40,8 @@ from typing import Any, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd.models import conv as conv_lib
+
 Array = Any
 
 HEAD_KINDS = ("byot", "byot_sep", "sdn", "erde", "erde_window")
@@ -55,13 +57,15 @@ def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
 
 
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
-         groups: int = 1) -> nn.Conv:
-  """Bias-free k x k conv with PyTorch-style symmetric padding k // 2."""
+         groups: int = 1) -> conv_lib.Conv:
+  """Bias-free k x k conv with PyTorch-style symmetric padding k // 2.
+
+  3x3 stride-1 convolutions take the Winograd path on CPU (mexd.models.conv).
+  """
   p = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((p, p), (p, p)), use_bias=False,
-                 feature_group_count=groups, kernel_init=conv_init,
-                 dtype=dtype, name=name)
+  return conv_lib.Conv(features, (kernel, kernel), strides=(stride, stride),
+                       padding=((p, p), (p, p)), feature_group_count=groups,
+                       kernel_init=conv_init, dtype=dtype, name=name)
 
 
 def grid_pool(x: Array, grid: int, op: str) -> Array:

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mexd.models import base
+from mexd.models import conv
 from mexd.models import heads
 
 Array = Any
@@ -29,8 +30,8 @@ class ConvStage(nn.Module):
     """x: [B, H, W, K] -> [B, H / stride, W / stride, width]."""
     for i in range(self.num_convs):
       s = self.stride if i == 0 else 1
-      x = nn.Conv(self.width, (3, 3), strides=(s, s), use_bias=False,
-                  dtype=self.dtype, name=f"conv{i}")(x)
+      x = conv.Conv(self.width, (3, 3), strides=(s, s), padding="SAME",
+                    dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        dtype=self.dtype, name=f"bn{i}")(x)
       x = nn.relu(x)

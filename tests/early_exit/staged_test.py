@@ -79,7 +79,17 @@ def test_staged_equals_simulate(setup, policy):
   assert out.reached[0] >= out.reached[1] > out.reached[2]
   assert (out.reached[0] > out.reached[1]) == (policy != "patience")
   np.testing.assert_array_equal(
-      out.padded, [1 << int(r - 1).bit_length() for r in out.reached])
+      out.padded, [staged.default_bucket(r) for r in out.reached])
+
+
+def test_default_buckets_by_hand():
+  """2^k and 1.5 * 2^k: padding wastes at most a third."""
+  assert [staged.default_bucket(n) for n in
+          (0, 1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 17, 25, 33, 49, 100, 769)] == [
+              1, 1, 2, 3, 4, 6, 6, 8, 12, 12, 16, 24, 32, 48, 64, 128, 1024]
+  for n in range(1, 5000):
+    b = staged.default_bucket(n)
+    assert n <= b and (b - n) / b < 1 / 3 + 1e-9, n
 
 
 def test_buckets_compile_once_and_chunk(setup):
@@ -90,7 +100,7 @@ def test_buckets_compile_once_and_chunk(setup):
   pred(images)
   assert (0, 64) in pred.compiled
   # Another batch size in the same stage-0 bucket (64) reuses its program,
-  pred(images[:40])
+  pred(images[:49])
   # and so does a predictor with another policy and other thresholds.
   staged.StagedPredictor(model, variables, th * 0.9, "max_prob")(images)
   assert pred.compiled.count((0, 64)) == 1

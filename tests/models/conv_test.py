@@ -1,0 +1,78 @@
+"""Winograd 3x3 convolution vs XLA's convolution: values and gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mexd.models import conv
+
+
+def np_conv3x3(x, k):
+  """Direct float64 cross-correlation, zero padding 1 (independent ref)."""
+  x = np.asarray(x, np.float64)
+  k = np.asarray(k, np.float64)
+  b, h, w, _ = x.shape
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((b, h, w, k.shape[-1]))
+  for i in range(3):
+    for j in range(3):
+      out += np.einsum("bhwc,cd->bhwd", xp[:, i:i + h, j:j + w], k[i, j])
+  return out
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 5, 4), (1, 1, 1, 2),
+                                   (2, 6, 9, 16)])
+def test_winograd_matches_direct_convolution(shape):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  k = rng.normal(size=(3, 3, shape[-1], 5)).astype(np.float32)
+  y = conv.winograd_conv3x3(jnp.asarray(x), jnp.asarray(k))
+  chex.assert_shape(y, shape[:3] + (5,))
+  np.testing.assert_allclose(y, np_conv3x3(x, k), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_gradients_match_xla():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 6, 6, 8)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 8, 4)), jnp.float32)
+  r = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.float32)
+
+  def loss(f):
+    return jax.grad(lambda x, k: jnp.sum(f(x, k) * r), argnums=(0, 1))(x, k)
+
+  xla = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for a, b in zip(loss(conv.winograd_conv3x3), loss(xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_module_same_params_and_outputs_for_both_impls():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  layers = {i: conv.Conv(6, (3, 3), padding=1, impl=i)
+            for i in ("xla", "winograd", "auto")}
+  params = layers["xla"].init(jax.random.key(1), x)
+  for impl, layer in layers.items():
+    chex.assert_trees_all_equal_shapes(layer.init(jax.random.key(1), x),
+                                       params)
+    np.testing.assert_allclose(layer.apply(params, x),
+                               layers["xla"].apply(params, x),
+                               rtol=1e-4, atol=1e-5, err_msg=impl)
+
+
+def test_auto_choice_and_override():
+  kw = dict(kernel_size=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+            groups=1, dtype=jnp.float32)
+  assert conv.choose_impl("auto", **kw) == "winograd"  # Tests run on CPU.
+  with conv.use_impl("xla"):
+    assert conv.choose_impl("auto", **kw) == "xla"
+    assert conv.choose_impl("winograd", **kw) == "winograd"
+  assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)}) == "xla"
+  assert conv.choose_impl("auto", **{**kw, "groups": 4}) == "xla"
+  assert conv.choose_impl("auto", **{**kw, "dtype": jnp.bfloat16}) == "xla"
+  with pytest.raises(ValueError, match="needs a float32 3x3 conv"):
+    conv.choose_impl("winograd", **{**kw, "kernel_size": (1, 1)})
+  with pytest.raises(ValueError, match="unknown conv impl 'fast'"):
+    conv.choose_impl("fast", **kw)
