@@ -16,8 +16,14 @@ Measured on the project's 2-core CPU, forward + backward (ms, XLA vs
 Winograd; benchmarks/conv_impl.py): B=64 16x16 128->128: 278 vs 140;
 B=64 32x32 64->64: 939 vs 210; B=64 8x8 256->256: 179 vs 83.
 
-`impl` per layer: "auto" (Winograd on CPU for float32 3x3 / stride 1 / pad 1
-/ ungrouped convolutions, else XLA), "xla", or "winograd". The context
+Strided 3x3 convolutions (stride 2, pad 1, >= 64 input channels) run on CPU
+as one im2col GEMM (`im2col_conv3x3_s2`; the patches replicate the input only
+9/4 times): B=64 32x32 64->128 forward + backward 205 -> 136 ms, 16x16
+128->256 101 -> 88 ms (fewer channels: slower than XLA, so not used).
+
+`impl` per layer: "auto" (on CPU: Winograd for float32 3x3 / stride 1 / pad
+1 / ungrouped convolutions, im2col for the strided ones above; XLA for the
+rest and on every other backend), "xla", or "winograd". The context
 manager `use_impl("xla")` overrides "auto" while a function is traced (the
 cost model uses it so that FLOP counts describe the architecture, not the
 algorithm).
@@ -32,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-IMPLS = ("auto", "xla", "winograd")
+IMPLS = ("auto", "xla", "winograd", "im2col")
 
 _OVERRIDE = contextvars.ContextVar("mexd_conv_impl", default=None)
 
@@ -95,6 +101,33 @@ def winograd_conv3x3(x: Array, kernel: Array) -> Array:
   return y.reshape(b, 2 * th, 2 * tw, co)[:, :h, :w]
 
 
+def im2col_conv3x3_s2(x: Array, kernel: Array) -> Array:
+  """3x3, stride 2, zero padding 1 convolution as one im2col matmul.
+
+  With stride 2 the 9 taps replicate the input only 9/4 times, so the patch
+  matrix is small and the convolution, its input gradient and its weight
+  gradient are each a single large GEMM (XLA:CPU's strided convolution
+  spends much of its weight gradient in layout transposes).
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [3, 3, Cin, Cout].
+
+  Returns:
+    [B, ceil(H / 2), ceil(W / 2), Cout].
+  """
+  b, h, w, ci = x.shape
+  co = kernel.shape[-1]
+  ho, wo = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  cols = [xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2, :]
+          for i in range(3) for j in range(3)]
+  patches = jnp.concatenate(cols, -1).reshape(b * ho * wo, 9 * ci)
+  y = jnp.dot(patches, kernel.reshape(9 * ci, co),
+              preferred_element_type=x.dtype)
+  return y.reshape(b, ho, wo, co)
+
+
 def _pads(padding, kernel_size: int):
   if isinstance(padding, int):
     return ((padding, padding), (padding, padding))
@@ -108,14 +141,29 @@ def _winograd_ok(kernel_size, strides, padding, groups, dtype) -> bool:
           and (p == "SAME" or tuple(map(tuple, p)) == ((1, 1), (1, 1))))
 
 
+def _im2col_ok(kernel_size, strides, padding, groups, dtype, cin) -> bool:
+  return (tuple(kernel_size) == (3, 3) and tuple(strides) == (2, 2)
+          and groups == 1 and jnp.dtype(dtype) == jnp.float32
+          and cin >= 1 and not isinstance(padding, str)
+          and tuple(map(tuple, padding)) == ((1, 1), (1, 1)))
+
+
 def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
-                dtype) -> str:
-  """The implementation a layer uses: "xla" or "winograd"."""
+                dtype, cin: int = 0) -> str:
+  """The implementation a layer uses: "xla", "winograd" or "im2col"."""
   if impl not in IMPLS:
     raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(IMPLS)}")
   if impl == "auto":
     impl = _OVERRIDE.get() or "auto"
   eligible = _winograd_ok(kernel_size, strides, padding, groups, dtype)
+  strided = _im2col_ok(kernel_size, strides, padding, groups, dtype, cin)
+  if impl == "im2col":
+    if not strided:
+      raise ValueError(
+          "impl='im2col' needs a float32 3x3 conv with stride 2, padding 1 "
+          f"and no groups; got kernel {tuple(kernel_size)}, strides "
+          f"{tuple(strides)}, padding {padding}, groups {groups}, {dtype}")
+    return "im2col"
   if impl == "winograd":
     if not eligible:
       raise ValueError(
@@ -124,8 +172,12 @@ def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
           f"{tuple(strides)}, padding {padding}, groups {groups}, {dtype}")
     return "winograd"
   if impl == "auto":
-    return ("winograd" if eligible and jax.default_backend() == "cpu"
-            else "xla")
+    if jax.default_backend() != "cpu":
+      return "xla"
+    if eligible:
+      return "winograd"
+    if strided and cin >= 64:  # Fewer channels: XLA's conv is faster.
+      return "im2col"
   return "xla"
 
 
@@ -141,7 +193,7 @@ class Conv(nn.Module):
     feature_group_count: groups (Cin and Cout divisible by it).
     kernel_init: initializer of "kernel" [kh, kw, Cin / groups, Cout].
     dtype: computation dtype (inputs and kernel are cast to it).
-    impl: "auto", "xla" or "winograd" (see the module docstring).
+    impl: "auto", "xla", "winograd" or "im2col" (see the module docstring).
   """
 
   features: int
@@ -166,9 +218,12 @@ class Conv(nn.Module):
     padding = _pads(self.padding, self.kernel_size[0])
     impl = choose_impl(self.impl, kernel_size=self.kernel_size,
                        strides=self.strides, padding=padding,
-                       groups=self.feature_group_count, dtype=self.dtype)
+                       groups=self.feature_group_count, dtype=self.dtype,
+                       cin=cin)
     if impl == "winograd":
       return winograd_conv3x3(x, kernel)
+    if impl == "im2col":
+      return im2col_conv3x3_s2(x, kernel)
     return jax.lax.conv_general_dilated(
         x, kernel, tuple(self.strides), padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -49,6 +49,18 @@ def test_winograd_gradients_match_xla():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 9, 7, 4), (2, 1, 2, 2)])
+def test_im2col_stride2_matches_direct_convolution(shape):
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=shape).astype(np.float32)
+  k = rng.normal(size=(3, 3, shape[-1], 5)).astype(np.float32)
+  y = conv.im2col_conv3x3_s2(jnp.asarray(x), jnp.asarray(k))
+  full = np_conv3x3(x, k)  # Stride 2 = every other output of stride 1.
+  chex.assert_shape(y, (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2,
+                        5))
+  np.testing.assert_allclose(y, full[:, ::2, ::2], rtol=1e-4, atol=1e-4)
+
+
 def test_conv_module_same_params_and_outputs_for_both_impls():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   layers = {i: conv.Conv(6, (3, 3), padding=1, impl=i)
@@ -70,9 +82,16 @@ def test_auto_choice_and_override():
     assert conv.choose_impl("auto", **kw) == "xla"
     assert conv.choose_impl("winograd", **kw) == "winograd"
   assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)}) == "xla"
+  assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
+                          cin=64) == "im2col"
+  with conv.use_impl("xla"):
+    assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
+                            cin=64) == "xla"
   assert conv.choose_impl("auto", **{**kw, "groups": 4}) == "xla"
   assert conv.choose_impl("auto", **{**kw, "dtype": jnp.bfloat16}) == "xla"
   with pytest.raises(ValueError, match="needs a float32 3x3 conv"):
     conv.choose_impl("winograd", **{**kw, "kernel_size": (1, 1)})
+  with pytest.raises(ValueError, match="needs a float32 3x3 conv with stride 2"):
+    conv.choose_impl("im2col", **kw)
   with pytest.raises(ValueError, match="unknown conv impl 'fast'"):
     conv.choose_impl("fast", **kw)
