@@ -50,27 +50,16 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def _flops(compiled) -> float:
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else {}
-  return float(ca["flops"])
-
-
 def cascade_costs(model, variables, image_shape):
-  """[E] flops of stages 0..k (blocks and heads) for one image."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  """[E] XLA flops of stages 0..k (blocks and heads 0..k) for one image.
+
+  `mexd.models.costs.exit_costs(..., cascade=True)`: counted with XLA's
+  convolution (the architecture's cost, not the CPU Winograd rewrite).
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  e = model.apply(variables, method=lambda m: m.num_exits)
-  h = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  per_stage = []
-  for k in range(e):
-    fn = jax.jit(lambda v, h, k=k: model.apply(v, k, h, train=False,
-                                               method="stage"))
-    per_stage.append(_flops(fn.lower(variables, h).compile()))
-    h = fn(variables, h)[0]
-  return np.cumsum(per_stage)
+  from mexd.models import costs  # pylint: disable=g-import-not-at-top
+  rows = costs.exit_costs(model, variables, image_shape, cascade=True)
+  return np.asarray([r["flops"] for r in rows])
 
 
 def thresholds_for(scores, p):
