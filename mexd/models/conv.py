@@ -1,36 +1,42 @@
-"""Convolution layer with a fast 3x3 path for CPUs (Winograd F(2x2, 3x3)).
+"""Convolution layer with fast gradients on CPUs (Winograd / im2col backward).
 
-XLA:CPU's stride-1 3x3 convolution and its gradients run ~2.5x slower than
-oneDNN (../shared/PERF_NOTES.md); they dominate a ResNet train step on CPU.
-`winograd_conv3x3` computes the same convolution as 16 batched matmuls
-between transformed 4x4 input tiles and transformed kernels (Lavin & Gray,
-"Fast Algorithms for Convolutional Neural Networks", 2016): 2.25x fewer
-multiplications, and its gradients (autodiff through the same linear
-transforms) are batched matmuls too. `Conv` is a drop-in for the bias-free
-`nn.Conv` uses of the models (same "kernel" parameter [kh, kw, Cin/groups,
-Cout], so checkpoints do not depend on the implementation) that takes the
-Winograd path for eligible convolutions on CPU and XLA's convolution
-everywhere else (GPU/TPU libraries already pick fast algorithms).
+XLA:CPU's 3x3 convolution gradients are slow: for B=64, 32x32, 64->64 the
+forward + backward of one layer took 939 ms where a Winograd formulation
+takes 210 ms (../shared/PERF_NOTES.md: ~2.5x slower than oneDNN), and they
+dominate a ResNet train step on CPU. XLA's *forward* convolution, on the
+other hand, is as fast as the alternatives (B=256 32x32 64->64 forward: XLA
+569 ms, Winograd 712 ms). So on the CPU backend `Conv` keeps XLA's forward
+convolution and replaces the backward pass (`jax.custom_vjp`):
 
-Measured on the project's 2-core CPU, forward + backward (ms, XLA vs
-Winograd; benchmarks/conv_impl.py): B=64 16x16 128->128: 278 vs 140;
-B=64 32x32 64->64: 939 vs 210; B=64 8x8 256->256: 179 vs 83.
+* 3x3, stride 1, padding 1: the input gradient is XLA's forward convolution
+  of the output gradient with the flipped, transposed kernel; the kernel
+  gradient is the vjp of `winograd_conv3x3` (Winograd F(2x2, 3x3), Lavin &
+  Gray 2016: 16 batched matmuls between transformed 4x4 input tiles and the
+  transformed output gradient).
+* 3x3, stride 2, padding 1: both gradients are the vjp of
+  `im2col_conv3x3_s2` (the 9 taps replicate the input only 9/4 times, so the
+  patch matrix is small and each gradient is one large GEMM).
 
-Strided 3x3 convolutions (stride 2, pad 1, >= 64 input channels) run on CPU
-as one im2col GEMM (`im2col_conv3x3_s2`; the patches replicate the input only
-9/4 times): B=64 32x32 64->128 forward + backward 205 -> 136 ms, 16x16
-128->256 101 -> 88 ms (fewer channels: slower than XLA, so not used).
+Forward + backward of one layer on the project's 2-core CPU (ms, XLA vs this
+path, interleaved, other jobs running): B=64 32x32 64->64: 1850 vs 340;
+16x16 128->128: 411 vs 212; 8x8 256->256: 243 vs 166; stride 2 32x32
+64->128: 417 vs 266; 16x16 128->256: 203 vs 130. Whole-step numbers:
+docs/benchmarks.md. Inference runs exactly XLA's convolution, so the cost
+model (XLA flops) describes what runs.
 
-`impl` per layer: "auto" (on CPU: Winograd for float32 3x3 / stride 1 / pad
-1 / ungrouped convolutions, im2col for the strided ones above; XLA for the
-rest and on every other backend), "xla", or "winograd". The context
-manager `use_impl("xla")` overrides "auto" while a function is traced (the
-cost model uses it so that FLOP counts describe the architecture, not the
-algorithm).
+`Conv` is a drop-in for the bias-free `nn.Conv` uses of the models (same
+"kernel" parameter [kh, kw, Cin/groups, Cout], so checkpoints do not depend on
+the implementation). `impl` per layer: "auto" (the fast-gradient path above
+for float32 ungrouped 3x3 convolutions with padding 1 on CPU, XLA otherwise
+and on every other backend, where GPU/TPU libraries pick fast algorithms),
+"xla", or the full algorithms "winograd" (stride 1) and "im2col" (stride 2)
+forward and backward. `use_impl("xla")` overrides "auto" while a function is
+traced.
 """
 
 import contextlib
 import contextvars
+import functools
 from typing import Any, Callable, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -107,7 +113,7 @@ def im2col_conv3x3_s2(x: Array, kernel: Array) -> Array:
   With stride 2 the 9 taps replicate the input only 9/4 times, so the patch
   matrix is small and the convolution, its input gradient and its weight
   gradient are each a single large GEMM (XLA:CPU's strided convolution
-  spends much of its weight gradient in layout transposes).
+  gradient spends much of its time in layout transposes).
 
   Args:
     x: [B, H, W, Cin].
@@ -126,6 +132,48 @@ def im2col_conv3x3_s2(x: Array, kernel: Array) -> Array:
   y = jnp.dot(patches, kernel.reshape(9 * ci, co),
               preferred_element_type=x.dtype)
   return y.reshape(b, ho, wo, co)
+
+
+def _xla_conv(x, kernel, strides, padding, groups=1):
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3_fast_grad(x: Array, kernel: Array, stride: int) -> Array:
+  """XLA's 3x3 convolution (padding 1) with a matmul-based backward pass.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [3, 3, Cin, Cout].
+    stride: 1 or 2.
+
+  Returns:
+    [B, ceil(H / stride), ceil(W / stride), Cout]; gradients as described
+    in the module docstring (equal to XLA's up to float rounding).
+  """
+  return _xla_conv(x, kernel, (stride, stride), ((1, 1), (1, 1)))
+
+
+def _fast_grad_fwd(x, kernel, stride):
+  return conv3x3_fast_grad(x, kernel, stride), (x, kernel)
+
+
+def _fast_grad_bwd(stride, res, g):
+  x, kernel = res
+  if stride == 1:
+    # d/dx of a stride-1 'SAME' 3x3 correlation: correlate g with the
+    # spatially flipped kernel, in and out channels swapped.
+    dx = _xla_conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), (1, 1),
+                   ((1, 1), (1, 1)))
+    _, vjp_kernel = jax.vjp(lambda k: winograd_conv3x3(x, k), kernel)
+    return dx, vjp_kernel(g)[0]
+  _, vjp = jax.vjp(im2col_conv3x3_s2, x, kernel)
+  return vjp(g)
+
+
+conv3x3_fast_grad.defvjp(_fast_grad_fwd, _fast_grad_bwd)
 
 
 def _pads(padding, kernel_size: int):
@@ -150,7 +198,12 @@ def _im2col_ok(kernel_size, strides, padding, groups, dtype, cin) -> bool:
 
 def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
                 dtype, cin: int = 0) -> str:
-  """The implementation a layer uses: "xla", "winograd" or "im2col"."""
+  """What a layer runs: "xla", "fast_grad", "winograd" or "im2col".
+
+  "fast_grad" is XLA's forward convolution with the matmul-based backward
+  (`conv3x3_fast_grad`); it is what "auto" picks on CPU for float32,
+  ungrouped 3x3 convolutions with padding 1 and stride 1 or 2.
+  """
   if impl not in IMPLS:
     raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(IMPLS)}")
   if impl == "auto":
@@ -172,12 +225,8 @@ def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
           f"{tuple(strides)}, padding {padding}, groups {groups}, {dtype}")
     return "winograd"
   if impl == "auto":
-    if jax.default_backend() != "cpu":
-      return "xla"
-    if eligible:
-      return "winograd"
-    if strided and cin >= 64:  # Fewer channels: XLA's conv is faster.
-      return "im2col"
+    if jax.default_backend() == "cpu" and (eligible or strided):
+      return "fast_grad"
   return "xla"
 
 
@@ -224,7 +273,7 @@ class Conv(nn.Module):
       return winograd_conv3x3(x, kernel)
     if impl == "im2col":
       return im2col_conv3x3_s2(x, kernel)
-    return jax.lax.conv_general_dilated(
-        x, kernel, tuple(self.strides), padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=self.feature_group_count)
+    if impl == "fast_grad":
+      return conv3x3_fast_grad(x, kernel, int(self.strides[0]))
+    return _xla_conv(x, kernel, tuple(self.strides), padding,
+                     self.feature_group_count)

@@ -61,7 +61,38 @@ def test_im2col_stride2_matches_direct_convolution(shape):
   np.testing.assert_allclose(y, full[:, ::2, ::2], rtol=1e-4, atol=1e-4)
 
 
-def test_conv_module_same_params_and_outputs_for_both_impls():
+@pytest.mark.parametrize("stride,shape", [(1, (2, 6, 6, 8)), (1, (1, 5, 7, 3)),
+                                          (2, (2, 8, 8, 4)), (2, (1, 7, 5, 3))])
+def test_fast_grad_values_and_gradients_match_xla(stride, shape):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 4)), jnp.float32)
+  xla = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (stride, stride), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  fast = lambda x, k: conv.conv3x3_fast_grad(x, k, stride)
+  np.testing.assert_array_equal(fast(x, k), xla(x, k))  # Same forward op.
+  r = jnp.asarray(rng.normal(size=xla(x, k).shape), jnp.float32)
+  grads = {}
+  for name, f in (("xla", xla), ("fast", fast)):
+    grads[name] = jax.grad(lambda x, k: jnp.sum(f(x, k) * r),
+                           argnums=(0, 1))(x, k)
+  for a, b in zip(grads["fast"], grads["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # And against float64 finite differences of the NumPy reference.
+  r64 = np.asarray(r, np.float64)
+  ref = lambda k: np.sum(np_conv3x3(x, k)[:, ::stride, ::stride] * r64)
+  eps, k64 = 1e-3, np.asarray(k, np.float64)
+  for idx in [(0, 0, 0, 0), (1, 2, shape[-1] - 1, 3), (2, 1, 0, 2)]:
+    kp, km = k64.copy(), k64.copy()
+    kp[idx] += eps
+    km[idx] -= eps
+    fd = (ref(kp) - ref(km)) / (2 * eps)
+    np.testing.assert_allclose(grads["fast"][1][idx], fd, rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_conv_module_same_params_and_outputs_for_every_impl():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   layers = {i: conv.Conv(6, (3, 3), padding=1, impl=i)
             for i in ("xla", "winograd", "auto")}
@@ -77,16 +108,19 @@ def test_conv_module_same_params_and_outputs_for_both_impls():
 def test_auto_choice_and_override():
   kw = dict(kernel_size=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
             groups=1, dtype=jnp.float32)
-  assert conv.choose_impl("auto", **kw) == "winograd"  # Tests run on CPU.
+  assert conv.choose_impl("auto", **kw) == "fast_grad"  # Tests run on CPU.
   with conv.use_impl("xla"):
     assert conv.choose_impl("auto", **kw) == "xla"
     assert conv.choose_impl("winograd", **kw) == "winograd"
-  assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)}) == "xla"
   assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
-                          cin=64) == "im2col"
+                          cin=3) == "fast_grad"
+  assert conv.choose_impl("im2col", **{**kw, "strides": (2, 2)},
+                          cin=3) == "im2col"
   with conv.use_impl("xla"):
     assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
                             cin=64) == "xla"
+  assert conv.choose_impl("auto", **{**kw, "kernel_size": (1, 1),
+                                     "padding": ((0, 0), (0, 0))}) == "xla"
   assert conv.choose_impl("auto", **{**kw, "groups": 4}) == "xla"
   assert conv.choose_impl("auto", **{**kw, "dtype": jnp.bfloat16}) == "xla"
   with pytest.raises(ValueError, match="needs a float32 3x3 conv"):
