@@ -3,19 +3,14 @@
 import jax
 import numpy as np
 
-from configs import digits
+import helpers
 from mexd import train
 from mexd import workdir as workdir_lib
 
 
 def _config():
-  c = digits.get_config()
-  c.num_epochs = 2
-  c.progress_bar = False
-  c.num_devices = 1
-  c.ckpt_every_steps = 1000
-  c.eval_every_epochs = 100
-  return c
+  return helpers.digits_config(num_epochs=2, ckpt_every_steps=1000,
+                               eval_every_epochs=100)
 
 
 def test_resume_equals_uninterrupted(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import digits
+import helpers
 from mexd import train
 from mexd import workdir as workdir_lib
 
@@ -16,15 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(**overrides):
-  c = digits.get_config()
-  c.num_epochs = 3
-  c.progress_bar = False
-  c.log_every_steps = 5
-  c.eval_every_epochs = 1
-  c.num_devices = 1
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  return helpers.digits_config(**{"num_epochs": 3, "log_every_steps": 5,
+                                  "eval_every_epochs": 1, **overrides})
 
 
 def test_digits_end_to_end_and_checkpoint_reload(tmp_path):
