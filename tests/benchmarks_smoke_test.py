@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +21,7 @@ ENV_KEYS = ("command", "date", "git", "jax", "torch", "device",
             "loadavg_start", "loadavg_end")
 
 
-def _run(script, tmp_path, *args):
+def _run(script, tmp_path, *args, timeout=300):
   out = tmp_path / f"{script}.json"
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(
@@ -30,7 +31,7 @@ def _run(script, tmp_path, *args):
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"),
        "--out", str(out), *args], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=300)
+      text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   record = json.loads(out.read_text())
   for k in ENV_KEYS:
@@ -68,6 +69,21 @@ def test_early_exit_speed(tmp_path):
   assert row["ideal_speedup"] >= 1.0 and row["wall_speedup"] > 0
   assert sum(row["exit_fractions"]) == pytest.approx(1.0, abs=1e-2)
   assert [r["exit"] for r in rec["latency"]] == [0, 1, 2]
+  cascade = rec["cascade"]["digits_cnn"]
+  assert np.all(np.diff(cascade["flops"]) > 0)  # Deeper exits cost more,
+  assert np.all(np.diff(cascade["stage_seconds_per_image"]) > 0)  # in time too.
+  assert row["time_model_speedup"] >= 1.0
+
+
+def test_recipes_drill_one_recipe(tmp_path):
+  """benchmarks/recipes.py writes mock CIFAR-10 and runs its CE recipe."""
+  pytest.importorskip("tensorflow_datasets")
+  rec = _run("recipes", tmp_path, "--only", "svhn:ce",
+             "--workroot", str(tmp_path / "runs"), timeout=1200)
+  (row,) = rec["rows"]
+  assert "error" not in row, row
+  assert row["data"] == "tfds:svhn_cropped" and row["model"] == "resnet18"
+  assert row["exits"] == 4 and row["steps"] == (400 - 40) // 16
 
 
 def test_input_pipeline(tmp_path):
