@@ -92,6 +92,27 @@ def test_fast_grad_values_and_gradients_match_xla(stride, shape):
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_conv1x1_matmul_matches_xla_values_and_gradients(stride):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, 5)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, 5, 3)), jnp.float32)
+  xla = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (stride, stride), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  mm = lambda x, k: conv.conv1x1(x, k, stride)
+  y = mm(x, k)
+  chex.assert_shape(y, (2, -(-7 // stride), -(-6 // stride), 3))
+  np.testing.assert_allclose(y, np.einsum(
+      "bhwc,cd->bhwd", np.asarray(x)[:, ::stride, ::stride], k[0, 0]),
+      rtol=1e-5, atol=1e-5)
+  r = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  ga = jax.grad(lambda x, k: jnp.sum(mm(x, k) * r), argnums=(0, 1))(x, k)
+  gb = jax.grad(lambda x, k: jnp.sum(xla(x, k) * r), argnums=(0, 1))(x, k)
+  for a, b in zip(ga, gb):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_module_same_params_and_outputs_for_every_impl():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   layers = {i: conv.Conv(6, (3, 3), padding=1, impl=i)
@@ -119,8 +140,13 @@ def test_auto_choice_and_override():
   with conv.use_impl("xla"):
     assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
                             cin=64) == "xla"
-  assert conv.choose_impl("auto", **{**kw, "kernel_size": (1, 1),
-                                     "padding": ((0, 0), (0, 0))}) == "xla"
+  one = {**kw, "kernel_size": (1, 1), "padding": ((0, 0), (0, 0))}
+  assert conv.choose_impl("auto", **one) == "matmul"
+  assert conv.choose_impl("auto", **{**one, "groups": 2}) == "xla"
+  with conv.use_impl("xla"):
+    assert conv.choose_impl("auto", **one) == "xla"
+  with pytest.raises(ValueError, match="impl='matmul' needs a float32 1x1"):
+    conv.choose_impl("matmul", **kw)
   assert conv.choose_impl("auto", **{**kw, "groups": 4}) == "xla"
   assert conv.choose_impl("auto", **{**kw, "dtype": jnp.bfloat16}) == "xla"
   with pytest.raises(ValueError, match="needs a float32 3x3 conv"):
