@@ -109,4 +109,14 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
       raise ValueError(f"unknown dtype {dtype!r}; valid: "
                        f"{', '.join(sorted(_DTYPES))}")
     dtype = _DTYPES[dtype]
+  # Lists (e.g. widths read back from a run's config.json) become tuples:
+  # Flax modules must be hashable (jit caches and staged inference key on
+  # them).
+  kwargs = {k: _hashable(v) for k, v in kwargs.items()}
   return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+def _hashable(v):
+  if isinstance(v, (list, tuple)):
+    return tuple(_hashable(x) for x in v)
+  return v

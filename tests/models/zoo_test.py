@@ -259,3 +259,17 @@ def test_msdnet_layout_matches_phuong_lampert():
   # Exits after layers 4, 6, ..., 24 (column = layer + transitions so far;
   # exits after layers 8 and 16 include their transitions).
   assert ends == (4, 6, 9, 11, 13, 15, 18, 20, 22, 24, 26)
+
+
+def test_list_kwargs_read_from_json_give_a_hashable_model():
+  """config.json stores tuples as lists; evaluate rebuilds models from it."""
+  from mexd.early_exit import staged  # pylint: disable=g-import-not-at-top
+  m = models.get_model("small_cnn", num_classes=10, widths=[4, 8],
+                       strides=[1, 2])
+  assert m.widths == (4, 8) and m.strides == (1, 2)
+  hash(m)
+  x = jnp.zeros((3, 8, 8, 1), jnp.float32)
+  variables = m.init(jax.random.key(0), x)
+  pred = staged.StagedPredictor(m, variables, [0.5, 0.0], "max_prob")
+  predictions, exits = pred(x)
+  chex.assert_shape([predictions, exits], [(3,), (3,)])
