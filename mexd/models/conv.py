@@ -25,16 +25,18 @@ Forward + backward of one layer on the project's 2-core CPU (ms, XLA vs this
 path, interleaved, other jobs running): B=64 32x32 64->64: 1850 vs 340;
 16x16 128->128: 411 vs 212; 8x8 256->256: 243 vs 166; stride 2 32x32
 64->128: 417 vs 266; 16x16 128->256: 203 vs 130. Whole-step numbers:
-docs/benchmarks.md. Inference runs exactly XLA's convolution, so the cost
-model (XLA flops) describes what runs.
+docs/benchmarks.md. Inference runs XLA's 3x3 convolutions unchanged and 1x1
+convolutions as matmuls of the same flops, so the cost model (XLA flops,
+counted with `use_impl("xla")`) describes what runs.
 
 `Conv` is a drop-in for the bias-free `nn.Conv` uses of the models (same
 "kernel" parameter [kh, kw, Cin/groups, Cout], so checkpoints do not depend on
-the implementation). `impl` per layer: "auto" (the fast-gradient path above
-for float32 ungrouped 3x3 convolutions with padding 1 on CPU, XLA otherwise
-and on every other backend, where GPU/TPU libraries pick fast algorithms),
-"xla", or the full algorithms "winograd" (stride 1) and "im2col" (stride 2)
-forward and backward. `use_impl("xla")` overrides "auto" while a function is
+the implementation). `impl` per layer: "auto" (on CPU: the fast-gradient
+path above for float32 ungrouped 3x3 convolutions with padding 1, "matmul"
+for float32 ungrouped unpadded 1x1 convolutions, XLA otherwise; XLA on every
+other backend, where GPU/TPU libraries pick fast algorithms), "xla",
+"matmul", or the full algorithms "winograd" (stride 1) and "im2col" (stride
+2) forward and backward. `use_impl("xla")` overrides "auto" while a function is
 traced.
 """
 
