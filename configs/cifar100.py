@@ -26,9 +26,19 @@ Arg "runlocal=True" shrinks everything for a smoke test on a laptop.
 from mexd import config_lib
 
 
+ARGS = dict(method="eed", student=False, semisup=False, runlocal=False)
+
+
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="eed", student=False, semisup=False,
-                           runlocal=False)
+  return build(config_lib.parse_arg(arg, **ARGS))
+
+
+def build(a, *, epochs=200, milestones=(75, 130, 180)):
+  """The recipe for parsed args `a`; `epochs` / `milestones` of the ResNets.
+
+  Sibling configs (cifar10, svhn) call this with their own schedule, so
+  that `runlocal` still shrinks whatever they set.
+  """
   c = config_lib.base_config()
   c.data.name = "cifar100"
   c.data.val_size = 5000
@@ -41,10 +51,10 @@ def get_config(arg=None):
   c.model.kwargs.head = "erde" if a.student else "byot"
   c.batch_size = 128
   c.eval_batch_size = 500
-  c.num_epochs = 200
+  c.num_epochs = epochs
   c.optimizer.update(dict(name="sgd", lr=0.1, momentum=0.9, nesterov=False,
                           weight_decay=5e-4, schedule="step",
-                          milestones=(75, 130, 180), gamma=0.1))
+                          milestones=tuple(milestones), gamma=0.1))
   c.log_every_steps = 100
   c.eval_every_epochs = 10
   c.ckpt_every_steps = 2000

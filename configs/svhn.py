@@ -11,9 +11,8 @@ cifar100 = config_lib.load_sibling(__file__, "cifar100")
 
 
 def get_config(arg=None):
-  c = cifar100.get_config(arg)
+  a = config_lib.parse_arg(arg, **cifar100.ARGS)
+  c = cifar100.build(a, epochs=40, milestones=(20, 30))
   c.data.name = "tfds:svhn_cropped"
   c.augment.flip = False
-  c.num_epochs = 40
-  c.optimizer.milestones = (20, 30)
   return c
