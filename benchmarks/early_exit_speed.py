@@ -9,11 +9,19 @@ early exit (p in `--fractions`; the last exit takes the rest). Then:
   the XLA flop count of stages 0..k (blocks AND exit heads 0..k, as the
   cascade evaluates every head it passes) and C_full = C_cascade(E-1), the
   one-pass forward of every exit. exit_n are the exits the staged run took.
-* wall speed-up = t(one-pass jitted forward of all N) / t(StagedPredictor.run
-  of all N), both medians of `--reps` interleaved runs after warm-up
-  (so every bucket is compiled).
+* wall speed-up = t(one-pass jitted forward of all N) / t(staged run of all
+  N), both medians of `--reps` interleaved runs after warm-up (so every
+  bucket is compiled). Two staged modes (`--modes`):
+  - "batch": `StagedPredictor.run` on all N at once; the later stages run
+    on the compacted (bucket-padded) survivors of that one batch; the
+    one-pass reference runs all N at once too.
+  - "pooled": `StagedPredictor.run_pooled(x, B)`: stage 0 on batches of B
+    (`--batch`), survivors pooled across batches so every stage runs on
+    full batches of B; the reference is the one-pass forward on the same
+    batches of B.
 * efficiency = wall / ideal (target >= 80 %).
-* time model: each stage's jitted program timed alone at batch N gives
+* time model: each stage's jitted program timed alone at batch N (B for
+  "pooled") gives
   cumulative seconds per image T(k); time-model speed-up = T(E-1) / mean_n
   T(exit_n). On CPU the flop model and the time model differ (early stages
   with large maps cost more time per flop), so both are reported: wall /
@@ -37,10 +45,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 
-# name -> (input shape, classes, default N)
-_SETTINGS = {"digits_cnn": ((8, 8, 1), 10, 2048),
-             "small_cnn": ((8, 8, 1), 10, 2048),
-             "resnet18": ((32, 32, 3), 100, 256)}
+# name -> (input shape, classes, default N, default pooled batch B)
+_SETTINGS = {"digits_cnn": ((8, 8, 1), 10, 2048, 256),
+             "small_cnn": ((8, 8, 1), 10, 2048, 256),
+             "resnet18": ((32, 32, 3), 100, 256, 64)}
 
 
 def parse_args(argv=None):
@@ -50,6 +58,12 @@ def parse_args(argv=None):
                  help="fraction p of the live examples leaving at each exit")
   p.add_argument("--n", type=int, default=None,
                  help="images per run (default: 2048 small nets, 256 resnet)")
+  p.add_argument("--modes", default="batch,pooled",
+                 help="staged modes: batch (run on all N), pooled "
+                 "(run_pooled in batches of --batch)")
+  p.add_argument("--batch", type=int, default=None,
+                 help="B of the pooled mode (default: 256 small nets, 64 "
+                 "resnet)")
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--latency_reps", type=int, default=20)
   common.add_common_flags(p, "early_exit")
@@ -115,42 +129,45 @@ def bench_model(name, args):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import models  # pylint: disable=g-import-not-at-top
+  from mexd import xla_options  # pylint: disable=g-import-not-at-top
   from mexd.early_exit import policies, staged  # pylint: disable=g-import-not-at-top,g-multiple-import
-  shape, classes, n = _SETTINGS[name]
+  shape, classes, n, bsz = _SETTINGS[name]
   n = args.n or n
+  bsz = min(args.batch or bsz, n)
   model = models.get_model(name, num_classes=classes)
   rng = np.random.default_rng(0)
   x = jax.device_put(rng.standard_normal((n,) + shape).astype(np.float32))
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
   costs = cascade_costs(model, variables, shape)
-  times = stage_times(model, variables, x, args.reps)
+  modes = args.modes.split(",")
+  times = {m: stage_times(model, variables, x if m == "batch" else x[:bsz],
+                          args.reps) for m in modes}
   e = len(costs)
-  full = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+  full = xla_options.jit(lambda v, x: model.apply(v, x, train=False)[0])
   logits = np.asarray(full(variables, x))
   scores = np.asarray(policies.scores(logits, "max_prob"))
+
+  def one_pass(b):
+    """The reference: one-pass forward of all N in batches of b."""
+    out = [full(variables, x[i:i + b]) for i in range(0, n, b)]
+    return jax.block_until_ready(out)
+
   rows = []
   for p in [float(f) for f in args.fractions.split(",")]:
     theta = thresholds_for(scores, p)
     pred = staged.StagedPredictor(model, variables, theta, "max_prob")
-    res = pred.run(x)  # warm-up: compiles every bucket it needs
-    t_full, t_staged = [], []
-    for _ in range(args.reps):
-      t_full.append(common.timeit(lambda: full(variables, x),
-                                  jax.block_until_ready))
-      t_staged.append(common.timeit(lambda: pred.run(x)))
-    exit_frac = np.bincount(res.exits, minlength=e) / n
-    ideal = costs[-1] / float(np.mean(costs[res.exits]))
-    time_ideal = times[-1] / float(np.mean(times[res.exits]))
-    wall = common.median(t_full) / common.median(t_staged)
-    rows.append({"model": name, "n": n, "p": p,
-                 "exit_fractions": [round(float(f), 3) for f in exit_frac],
-                 "ideal_speedup": ideal, "wall_speedup": wall,
-                 "efficiency_pct": 100 * wall / ideal,
-                 "time_model_speedup": time_ideal,
-                 "time_model_efficiency_pct": 100 * wall / time_ideal,
-                 "full_ms": 1e3 * common.median(t_full),
-                 "staged_ms": 1e3 * common.median(t_staged),
-                 "buckets": res.padded.tolist()})
+    for mode in modes:
+      b = n if mode == "batch" else bsz
+      go = pred.run if mode == "batch" else (lambda x, b=b: pred.run_pooled(
+          x, b))
+      res = go(x)  # warm-up: compiles every bucket it needs
+      one_pass(b)
+      t_full, t_staged = [], []
+      for _ in range(args.reps):
+        t_full.append(common.timeit(lambda b=b: one_pass(b)))
+        t_staged.append(common.timeit(lambda go=go: go(x)))
+      rows.append(_row(name, mode, n, b, p, res, costs, times[mode], t_full,
+                       t_staged))
   # Batch-size-1 latency per exit.
   lat = []
   x1 = x[:1]
@@ -172,7 +189,27 @@ def bench_model(name, args):
                 "cost_frac": float(costs[k] / costs[-1]),
                 "one_pass_ms": 1e3 * common.median(t_one)})
   return rows, lat, {"flops": costs.tolist(),
-                     "stage_seconds_per_image": times.tolist()}
+                     "stage_seconds_per_image": {
+                         m: t.tolist() for m, t in times.items()}}
+
+
+def _row(name, mode, n, b, p, res, costs, times, t_full, t_staged):
+  """One table row: exit mix, flop and time-model ideals, wall speed-up."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  e = len(costs)
+  exit_frac = np.bincount(res.exits, minlength=e) / n
+  ideal = costs[-1] / float(np.mean(costs[res.exits]))
+  time_ideal = times[-1] / float(np.mean(times[res.exits]))
+  wall = common.median(t_full) / common.median(t_staged)
+  return {"model": name, "mode": mode, "n": n, "batch": b, "p": p,
+          "exit_fractions": [round(float(f), 3) for f in exit_frac],
+          "ideal_speedup": ideal, "wall_speedup": wall,
+          "efficiency_pct": 100 * wall / ideal,
+          "time_model_speedup": time_ideal,
+          "time_model_efficiency_pct": 100 * wall / time_ideal,
+          "full_ms": 1e3 * common.median(t_full),
+          "staged_ms": 1e3 * common.median(t_staged),
+          "buckets": res.padded.tolist()}
 
 
 def main(argv=None):
@@ -187,7 +224,7 @@ def main(argv=None):
     costs[name] = c
   print(f"\nstaged vs one-pass (load {common.loadavg()})")
   print(common.format_table(rows, (
-      "model", "n", "p", "exit_fractions", "ideal_speedup", "wall_speedup",
+      "model", "mode", "batch", "p", "exit_fractions", "ideal_speedup", "wall_speedup",
       "efficiency_pct", "time_model_speedup", "time_model_efficiency_pct",
       "full_ms", "staged_ms"), {
           "ideal_speedup": ".2f", "wall_speedup": ".2f",

@@ -54,6 +54,7 @@ def measure(name, args):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from mexd import losses, models, optim, state as state_lib, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mexd import xla_options  # pylint: disable=g-import-not-at-top
   classes, shape = setting(name)
   model = models.get_model(name, num_classes=classes, dtype=args.dtype)
   method = losses.get_method(args.method)
@@ -75,7 +76,7 @@ def measure(name, args):
   compiled = [None]
 
   def compile_():
-    compiled[0] = jax.jit(step_fn, donate_argnums=(0,)).lower(
+    compiled[0] = xla_options.jit(step_fn, donate_argnums=(0,)).lower(
         abstract, batch).compile()
 
   t = common.timeit(compile_)

@@ -63,6 +63,7 @@ def build_step(name, *, model, variables, batch, num_classes=100):
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import losses, optim, state as state_lib, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mexd import xla_options  # pylint: disable=g-import-not-at-top
   method = losses.get_method(name)
   cfg = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
@@ -92,7 +93,7 @@ def build_step(name, *, model, variables, batch, num_classes=100):
                                                dtype=np.int32))}
   # Call the compiled executable itself: compiles once (jit's own call
   # path would compile a second time).
-  step = jax.jit(step_fn, donate_argnums=(0,)).lower(state, data).compile()
+  step = xla_options.jit(step_fn, donate_argnums=(0,)).lower(state, data).compile()
   ca = step.cost_analysis()
   if isinstance(ca, (list, tuple)):
     ca = ca[0] if ca else {}

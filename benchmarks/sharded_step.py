@@ -40,7 +40,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import config_lib, losses, models, optim, sharding  # pylint: disable=g-import-not-at-top
-  from mexd import state as state_lib, steps  # pylint: disable=g-import-not-at-top
+  from mexd import state as state_lib, steps, xla_options  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   shape = tuple(int(s) for s in a.image.split(","))
   model = models.get_model(a.model, num_classes=a.classes)
@@ -65,7 +65,7 @@ def main():
         model=model, method=method, tx=tx, mean=(0.5,) * shape[-1],
         std=(0.25,) * shape[-1], crop_pad=4, flip=True, steps_per_epoch=100,
         num_epochs=1)
-    step = jax.jit(fn, in_shardings=(ssh, bsh), out_shardings=(ssh, repl),
+    step = xla_options.jit(fn, in_shardings=(ssh, bsh), out_shardings=(ssh, repl),
                    donate_argnums=(0,))
     batch = {k: jax.device_put(v, bsh) for k, v in host.items()}
     state, m = step(state, batch)

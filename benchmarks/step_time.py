@@ -10,6 +10,10 @@ teacher, T^2 scaling) and optionally EED; the optimizer SGD 0.1 + Nesterov
 `mexd.steps.make_train_step` under `jax.jit(donate_argnums=0)`, on a batch
 already on the device; PyTorch runs `torch_reference.TrainStep` eagerly.
 
+`--xla_options mexd,none` times the step compiled with mexd's XLA:CPU options
+(`mexd.xla_options`: convolutions on XLA's own emitter, not YNNPACK; the
+default, as in `mexd.train`) and with XLA's defaults.
+
 Both are timed in the same process, interleaved: each repetition runs
 `--steps` steps of JAX then `--steps` steps of PyTorch; the tables give the
 median images/s over repetitions and the median of the per-repetition ratio
@@ -48,6 +52,9 @@ def parse_args(argv=None):
   p.add_argument("--conv_impl", default="auto",
                  help="comma list of mexd.models.conv impls to time: auto "
                  "(Winograd 3x3 on CPU), xla, winograd")
+  p.add_argument("--xla_options", default="mexd",
+                 help="comma list: mexd (mexd.xla_options, the default: "
+                 "XLA:CPU convolutions without YNNPACK), none (XLA defaults)")
   p.add_argument("--matmul_precision", default=None,
                  help="jax_default_matmul_precision (e.g. bfloat16, float32)")
   p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
@@ -84,6 +91,7 @@ def make_jax_step(*, width, batch, method_name, num_classes, dtype,
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import losses, optim, state as state_lib, steps  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from mexd import xla_options  # pylint: disable=g-import-not-at-top
   model = build_model(width, num_classes, dtype, stages)
   method = losses.get_method(method_name)
   cfg = ml_collections.ConfigDict(dict(
@@ -102,7 +110,7 @@ def make_jax_step(*, width, batch, method_name, num_classes, dtype,
                                                dtype=np.uint8)),
           "label": jax.device_put(rng.integers(0, num_classes, (batch,),
                                                dtype=np.int32))}
-  step = jax.jit(step_fn, donate_argnums=(0,))
+  step = xla_options.jit(step_fn, donate_argnums=(0,))
   return step, state, data, model
 
 
@@ -242,10 +250,14 @@ def main(argv=None):
   rows = []
   for method_name in args.methods.split(","):
     for batch, width in configs:
-      for impl in args.conv_impl.split(","):
-        row = run_config(args, width, batch, method_name, impl)
-        rows.append(row)
-        print(common.format_table([row], _COLUMNS, _FMT), flush=True)
+      for opts in args.xla_options.split(","):
+        # Read by mexd.xla_options when the step is jitted.
+        os.environ["MEXD_XLA_OPTIONS"] = "0" if opts == "none" else "1"
+        for impl in args.conv_impl.split(","):
+          row = run_config(args, width, batch, method_name, impl)
+          row["xla_options"] = opts
+          rows.append(row)
+          print(common.format_table([row], _COLUMNS, _FMT), flush=True)
   print()
   print(common.format_table(rows, _COLUMNS, _FMT))
   common.write_json(args.out, {
@@ -255,7 +267,8 @@ def main(argv=None):
   return rows
 
 
-_COLUMNS = ("method", "batch", "width", "conv_impl", "jax_img_s", "torch_img_s",
+_COLUMNS = ("method", "batch", "width", "xla_options", "conv_impl",
+            "jax_img_s", "torch_img_s",
             "ratio_jax_over_torch", "jax_ms_step", "torch_ms_step", "loadavg")
 _FMT = {"jax_img_s": ".1f", "torch_img_s": ".1f", "ratio_jax_over_torch":
         ".3f", "jax_ms_step": ".0f", "torch_ms_step": ".0f"}

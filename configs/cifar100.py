@@ -71,8 +71,5 @@ def build(a, *, epochs=200, milestones=(75, 130, 180)):
                             milestones=(150, 225)))
     c.loss[a.method].global_scale = 2 * 5 / 11
   if a.runlocal:
-    c.num_epochs = 1
-    c.batch_size = 16
-    c.eval_batch_size = 64
-    c.log_every_steps = 5
+    config_lib.shrink_for_runlocal(c)
   return c

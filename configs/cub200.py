@@ -56,8 +56,5 @@ def get_config(arg=None):
   if a.runlocal:
     c.data.image_size = 64
     c.augment.crop_pad = 4
-    c.num_epochs = 1
-    c.batch_size = 8
-    c.eval_batch_size = 32
-    c.log_every_steps = 5
+    config_lib.shrink_for_runlocal(c, batch_size=8, eval_batch_size=32)
   return c

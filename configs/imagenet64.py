@@ -48,8 +48,5 @@ def get_config(arg=None):
   c.eval_every_epochs = 2
   c.ckpt_every_steps = 2000
   if a.runlocal:
-    c.num_epochs = 1
-    c.batch_size = 16
-    c.eval_batch_size = 100
-    c.log_every_steps = 5
+    config_lib.shrink_for_runlocal(c, eval_batch_size=100)
   return c

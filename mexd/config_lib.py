@@ -118,6 +118,21 @@ def validate(config) -> None:
            f"{', '.join(losses.method_names())}")
 
 
+def shrink_for_runlocal(config, *, batch_size: int = 16,
+                        eval_batch_size: int = 64):
+  """The `runlocal=True` smoke-test version of a recipe, in place.
+
+  One epoch, small batches, a log line every 5 steps: enough to see every
+  code path of the recipe (data, model, loss, eval, checkpoint) run on a
+  laptop CPU. Returns `config` for chaining.
+  """
+  config.num_epochs = 1
+  config.batch_size = batch_size
+  config.eval_batch_size = eval_batch_size
+  config.log_every_steps = 5
+  return config
+
+
 def load_sibling(this_file: str, name: str):
   """Imports config module `name`.py from the folder of `this_file`.
 

@@ -43,6 +43,7 @@ from mexd import sharding
 from mexd import steps
 from mexd import train
 from mexd import workdir as workdir_lib
+from mexd import xla_options
 from mexd.models import costs as costs_lib
 
 
@@ -65,6 +66,11 @@ def staged_speedup(model, variables, images: np.ndarray, thresholds,
                    policy: str, batch_size: int = 256) -> Dict[str, Any]:
   """Wall-clock of staged inference vs the one-pass network on `images`.
 
+  Both run batches of `batch_size`: the one-pass forward chunk by chunk,
+  the staged predictor in its pooled mode (`StagedPredictor.run_pooled`:
+  survivors pooled across batches so that every stage runs on full
+  batches).
+
   Args:
     images: [N, H, W, C] preprocessed float32 images.
 
@@ -72,7 +78,7 @@ def staged_speedup(model, variables, images: np.ndarray, thresholds,
     dict with predictions/exits of the staged run, seconds of both paths and
     the measured speed-up.
   """
-  full = jax.jit(lambda v, x: model.apply(v, x, train=False)[0][-1])
+  full = xla_options.jit(lambda v, x: model.apply(v, x, train=False)[0][-1])
   staged = ee.StagedPredictor(model, variables, thresholds, policy)
   chunks = [images[i:i + batch_size] for i in range(0, len(images),
                                                     batch_size)]
@@ -80,13 +86,11 @@ def staged_speedup(model, variables, images: np.ndarray, thresholds,
     for c in chunks:
       jax.block_until_ready(full(variables, c))
   out = {}
-  def run_staged():
-    preds, exits = [], []
-    for c in chunks:
-      p, e = staged(c)
-      preds.append(p)
-      exits.append(e)
-    out["pred"], out["exit"] = np.concatenate(preds), np.concatenate(exits)
+
+  def run_staged():  # every stage on full batches of batch_size
+    res = staged.run_pooled(images, batch_size)
+    out["pred"], out["exit"] = res.predictions, res.exits
+
   t_full, t_staged = _time(run_full), _time(run_staged)
   return {"predictions": out["pred"], "exits": out["exit"],
           "seconds_full": t_full, "seconds_staged": t_staged,

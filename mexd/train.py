@@ -40,6 +40,7 @@ from mexd import sharding
 from mexd import state as state_lib
 from mexd import steps
 from mexd import workdir as workdir_lib
+from mexd import xla_options
 from mexd.data import pipeline
 
 _DEFAULT_CONFIG = os.path.join(
@@ -73,7 +74,7 @@ class Predictor:
     self.image_shape = None if image_shape is None else tuple(image_shape)
     self.mesh = mesh
     self.batch_size = batch_size
-    self._fn = jax.jit(
+    self._fn = xla_options.jit(
         steps.make_predict(model, mean=mean, std=std, dtype=dtype),
         out_shardings=sharding.replicated(mesh))
     self._bsh = sharding.batch_sharding(mesh)
@@ -236,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start and jax.process_index() == 0:
     print(f"Resuming from step {start} in {workdir}", flush=True)
 
-  train_step = jax.jit(
+  train_step = xla_options.jit(
       step_fn, in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
       donate_argnums=(0,))
   predictor = Predictor(model, train_ds.mean, train_ds.std, mesh,

@@ -63,16 +63,23 @@ def test_overhead(tmp_path):
 
 def test_early_exit_speed(tmp_path):
   rec = _run("early_exit_speed", tmp_path, "--models", "digits_cnn",
-             "--fractions", "0.5", "--n", "64", "--reps", "1",
+             "--fractions", "0.5", "--n", "64", "--batch", "16", "--reps", "1",
              "--latency_reps", "2")
-  row = rec["rows"][0]
-  assert row["ideal_speedup"] >= 1.0 and row["wall_speedup"] > 0
-  assert sum(row["exit_fractions"]) == pytest.approx(1.0, abs=1e-2)
+  assert [(r["mode"], r["batch"]) for r in rec["rows"]] == [
+      ("batch", 64), ("pooled", 16)]
+  batch, pooled = rec["rows"]
+  # Same thresholds, same exits in both modes; every stage ran on <= B rows.
+  assert batch["exit_fractions"] == pooled["exit_fractions"]
+  assert max(pooled["buckets"]) == 16
+  for row in rec["rows"]:
+    assert row["ideal_speedup"] >= 1.0 and row["wall_speedup"] > 0
+    assert sum(row["exit_fractions"]) == pytest.approx(1.0, abs=1e-2)
+    assert row["time_model_speedup"] >= 1.0
   assert [r["exit"] for r in rec["latency"]] == [0, 1, 2]
   cascade = rec["cascade"]["digits_cnn"]
   assert np.all(np.diff(cascade["flops"]) > 0)  # Deeper exits cost more,
-  assert np.all(np.diff(cascade["stage_seconds_per_image"]) > 0)  # in time too.
-  assert row["time_model_speedup"] >= 1.0
+  for mode in ("batch", "pooled"):  # in time too.
+    assert np.all(np.diff(cascade["stage_seconds_per_image"][mode]) > 0)
 
 
 def test_recipes_drill_one_recipe(tmp_path):

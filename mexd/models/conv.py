@@ -1,4 +1,4 @@
-"""Convolution layer with fast gradients on CPUs (Winograd / im2col backward).
+"""Convolution layer with fast gradients on CPUs (GEMM-based backward).
 
 XLA:CPU's 3x3 convolution gradients are slow: for B=64, 32x32, 64->64 the
 forward + backward of one layer took 939 ms where a Winograd formulation
@@ -10,9 +10,12 @@ convolution and replaces the backward pass (`jax.custom_vjp`):
 
 * 3x3, stride 1, padding 1: the input gradient is XLA's forward convolution
   of the output gradient with the flipped, transposed kernel; the kernel
-  gradient is the vjp of `winograd_conv3x3` (Winograd F(2x2, 3x3), Lavin &
-  Gray 2016: 16 batched matmuls between transformed 4x4 input tiles and the
-  transformed output gradient).
+  gradient is `conv3x3_kernel_grad`: three GEMMs (one per kernel row) of
+  the column-shifted input [B, H, W, 3 Cin] against the row-shifted output
+  gradient. (Until session 14 it was the vjp of the Winograd F(2x2, 3x3)
+  `winograd_conv3x3`; its tile transforms cost more than its GEMMs on
+  XLA:CPU: B=64 32x32 64->64 kernel gradient 187 -> 127 ms, 4x4 512->512
+  71 -> 36 ms, stem 3->64 118 -> 42 ms.)
 * 3x3, stride 2, padding 1: both gradients are the vjp of
   `im2col_conv3x3_s2` (the 9 taps replicate the input only 9/4 times, so the
   patch matrix is small and each gradient is one large GEMM).
@@ -25,7 +28,11 @@ Forward + backward of one layer on the project's 2-core CPU (ms, XLA vs this
 path, interleaved, other jobs running): B=64 32x32 64->64: 1850 vs 340;
 16x16 128->128: 411 vs 212; 8x8 256->256: 243 vs 166; stride 2 32x32
 64->128: 417 vs 266; 16x16 128->256: 203 vs 130. Whole-step numbers:
-docs/benchmarks.md. Inference runs XLA's 3x3 convolutions unchanged and 1x1
+docs/benchmarks.md. Those per-layer numbers predate `mexd.xla_options`
+(XLA:CPU convolutions on XLA's own emitter instead of YNNPACK), which made
+XLA's own 3x3 gradients competitive (B=64 32x32 64->64 kernel gradient
+1012 -> 90 ms); with it the whole ResNet-18 step gains ~20 % and the
+choice of impl matters less (docs/benchmarks.md, section 1). Inference runs XLA's 3x3 convolutions unchanged and 1x1
 convolutions as matmuls of the same flops, so the cost model (XLA flops,
 counted with `use_impl("xla")`) describes what runs.
 
@@ -140,6 +147,35 @@ def im2col_conv3x3_s2(x: Array, kernel: Array) -> Array:
   return y.reshape(b, ho, wo, co)
 
 
+def conv3x3_kernel_grad(x: Array, g: Array) -> Array:
+  """Kernel gradient of the 3x3, stride 1, padding 1 convolution.
+
+  dk[a, c] = sum_{b,h,w} x[b, h + a - 1, w + c - 1] g[b, h, w] (zero
+  outside). The three column shifts of x are concatenated along channels
+  once ([B, H, W, 3 Cin]); each kernel row a is then one GEMM of that
+  against g shifted by rows, contracting over (B, H, W): 3 GEMMs of
+  [3 Cin, BHW] x [BHW, Cout], no Winograd transforms (which cost more than
+  their GEMMs on CPU) and no 9x patch matrix.
+
+  Args:
+    x: [B, H, W, Cin] layer input.
+    g: [B, H, W, Cout] output gradient.
+
+  Returns:
+    [3, 3, Cin, Cout].
+  """
+  b, h, w, ci = x.shape
+  co = g.shape[-1]
+  xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+  xw = jnp.concatenate([xp[:, :, c:c + w] for c in range(3)], -1)
+  gp = jnp.pad(g, ((0, 0), (1, 1), (0, 0), (0, 0)))
+  # Row a: sum_h x[h + a - 1] g[h] = sum_h' x[h'] g[h' - a + 1].
+  rows = [jnp.einsum("bhwk,bhwo->ko", xw, gp[:, 2 - a:2 - a + h],
+                     preferred_element_type=x.dtype) for a in range(3)]
+  del b
+  return jnp.stack(rows).reshape(3, 3, ci, co)
+
+
 def _xla_conv(x, kernel, strides, padding, groups=1):
   return jax.lax.conv_general_dilated(
       x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -173,8 +209,7 @@ def _fast_grad_bwd(stride, res, g):
     # spatially flipped kernel, in and out channels swapped.
     dx = _xla_conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), (1, 1),
                    ((1, 1), (1, 1)))
-    _, vjp_kernel = jax.vjp(lambda k: winograd_conv3x3(x, k), kernel)
-    return dx, vjp_kernel(g)[0]
+    return dx, conv3x3_kernel_grad(x, g)
   _, vjp = jax.vjp(im2col_conv3x3_s2, x, kernel)
   return vjp(g)
 

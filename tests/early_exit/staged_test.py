@@ -137,3 +137,34 @@ def test_bad_arguments(setup):
     staged.StagedPredictor(model, variables, [0.5, -np.inf])
   with pytest.raises(ValueError, match="valid policies"):
     staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf], "nope")
+
+
+@pytest.mark.parametrize("policy,batch", [("max_prob", 8), ("patience", 7),
+                                          ("entropy", 64)])
+def test_pooled_equals_simulate(setup, policy, batch):
+  """run_pooled: full batches of B for every stage, same answers as simulate.
+
+  B = 8 and 7 cut N = 50 into several input batches (7 is no bucket, so the
+  flushes pad to min(bucket, B)); B = 64 > N is a single partial batch.
+  """
+  model, variables, images, logits = setup
+  s = np.asarray(policies.scores(logits, policy))
+  th = (np.array([2, 2, -np.inf], np.float32) if policy == "patience"
+        else _mixing_thresholds(s))
+  ref = policies.simulate(logits, np.zeros(N, np.int32), th, policy)
+  pred = staged.StagedPredictor(model, variables, th, policy)
+  before = len(pred.compiled)
+  out = pred.run_pooled(images, batch)
+  np.testing.assert_array_equal(out.exits, ref["exit"])
+  np.testing.assert_array_equal(out.predictions, ref["predictions"])
+  counts = np.bincount(out.exits, minlength=3)
+  np.testing.assert_array_equal(out.reached, [N, N - counts[0], counts[2]])
+  assert np.all(out.padded <= batch)
+  # Stage k ran on B rows except for the flushes (one per stage, < B rows).
+  seen = {b for k, b in pred.compiled[before:]}
+  assert all(b <= batch for b in seen), seen
+  # Same again (pools start empty each call): identical answers.
+  again = pred.run_pooled(images, batch)
+  np.testing.assert_array_equal(again.predictions, out.predictions)
+  with pytest.raises(ValueError, match="batch_size"):
+    pred.run_pooled(images, 0)
