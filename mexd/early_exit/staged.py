@@ -247,15 +247,7 @@ class StagedPredictor:
       b = jax.tree.leaves(h)[0].shape[0]
       res.reached[k] += rows.size
       res.padded[k] = max(res.padded[k], b)
-      h, logits = self._stage_fns[k](self.variables, h)
-      state, done = _exit_test(self.policy, logits, state, self.thresholds[k])
-      done_np, pred_np = jax.device_get((done, state[0]))  # one sync a call
-      done_np, pred_np = done_np[:rows.size], pred_np[:rows.size]
-      if k == e - 1:
-        done_np = np.ones_like(done_np)
-      res.predictions[rows[done_np]] = pred_np[done_np]
-      res.exits[rows[done_np]] = k
-      keep = np.flatnonzero(~done_np)
+      h, state, keep = self._stage_step(k, h, state, rows, res)
       if keep.size == 0:
         return
       nxt = k + 1
@@ -305,21 +297,36 @@ class StagedPredictor:
     b = bucket(n)
     h = images if b == n else _gather(images, _pad_index(pos, b))
     state = policies.init_state(b)
+    out = StagedResult(preds, exits, reached, padded)
     for k in range(e):
       reached[k], padded[k] = pos.size, b
-      h, logits = self._stage_fns[k](self.variables, h)
-      state, done = _exit_test(self.policy, logits, state, self.thresholds[k])
-      done_np, pred_np = jax.device_get((done, state[0]))  # one sync a stage
-      done_np, pred_np = done_np[:pos.size], pred_np[:pos.size]
-      if k == e - 1:
-        done_np = np.ones_like(done_np)  # the final exit takes everyone left
-      preds[pos[done_np]] = pred_np[done_np]
-      exits[pos[done_np]] = k
-      keep = np.flatnonzero(~done_np)
+      n_live = pos.size
+      h, state, keep = self._stage_step(k, h, state, pos, out)
       if keep.size == 0:
         break
       pos = pos[keep]
-      if keep.size < done_np.size:  # someone left: compact the survivors
+      if keep.size < n_live:  # someone left: compact the survivors
         b = bucket(keep.size)
         h, state = _gather((h, state), jnp.asarray(_pad_index(keep, b)))
-    return StagedResult(preds, exits, reached, padded)
+    return out
+
+  def _stage_step(self, k: int, h, state, rows: np.ndarray,
+                  out: StagedResult):
+    """Runs stage k on h ([b] rows, the first rows.size live) and exit test k.
+
+    Writes the predictions and exit index of the rows that leave into
+    `out` (at their original positions `rows`), with one host sync.
+
+    Returns:
+      (h_k [b, ...], policy state [b], indices into the first rows.size
+      rows of those that go on).
+    """
+    h, logits = self._stage_fns[k](self.variables, h)
+    state, done = _exit_test(self.policy, logits, state, self.thresholds[k])
+    done_np, pred_np = jax.device_get((done, state[0]))  # one sync a stage
+    done_np, pred_np = done_np[:rows.size], pred_np[:rows.size]
+    if k == self.num_exits - 1:
+      done_np = np.ones_like(done_np)  # the final exit takes everyone left
+    out.predictions[rows[done_np]] = pred_np[done_np]
+    out.exits[rows[done_np]] = k
+    return h, state, np.flatnonzero(~done_np)

@@ -164,7 +164,7 @@ def conv3x3_kernel_grad(x: Array, g: Array) -> Array:
   Returns:
     [3, 3, Cin, Cout].
   """
-  b, h, w, ci = x.shape
+  _, h, w, ci = x.shape
   co = g.shape[-1]
   xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
   xw = jnp.concatenate([xp[:, :, c:c + w] for c in range(3)], -1)
@@ -172,7 +172,6 @@ def conv3x3_kernel_grad(x: Array, g: Array) -> Array:
   # Row a: sum_h x[h + a - 1] g[h] = sum_h' x[h'] g[h' - a + 1].
   rows = [jnp.einsum("bhwk,bhwo->ko", xw, gp[:, 2 - a:2 - a + h],
                      preferred_element_type=x.dtype) for a in range(3)]
-  del b
   return jnp.stack(rows).reshape(3, 3, ci, co)
 
 
