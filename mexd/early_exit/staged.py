@@ -78,7 +78,7 @@ def _append(pool, tree, idx, offset):
   offset + b <= 2B always holds (pools hold < B rows before an append and
   b <= B), so `dynamic_update_slice` never clamps.
   """
-  rows = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+  rows = _gather(tree, idx)
   return jax.tree.map(
       lambda p, r: jax.lax.dynamic_update_slice_in_dim(p, r, offset, axis=0),
       pool, rows)
@@ -289,17 +289,14 @@ class StagedPredictor:
     bucket = bucket or self.bucket
     n = images.shape[0]
     e = self.num_exits
-    preds = np.zeros(n, np.int32)
-    exits = np.zeros(n, np.int32)
-    reached = np.zeros(e, np.int64)
-    padded = np.zeros(e, np.int64)
+    out = StagedResult(np.zeros(n, np.int32), np.zeros(n, np.int32),
+                       np.zeros(e, np.int64), np.zeros(e, np.int64))
     pos = np.arange(n)  # original row of each live example
     b = bucket(n)
     h = images if b == n else _gather(images, _pad_index(pos, b))
     state = policies.init_state(b)
-    out = StagedResult(preds, exits, reached, padded)
     for k in range(e):
-      reached[k], padded[k] = pos.size, b
+      out.reached[k], out.padded[k] = pos.size, b
       n_live = pos.size
       h, state, keep = self._stage_step(k, h, state, pos, out)
       if keep.size == 0:
