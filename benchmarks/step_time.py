@@ -61,6 +61,9 @@ def parse_args(argv=None):
   p.add_argument("--no_torch", action="store_true", help="JAX only")
   p.add_argument("--torch_channels_last", action="store_true",
                  help="PyTorch in channels_last memory format")
+  p.add_argument("--torch_device", default="auto",
+                 help="auto (cuda when JAX runs on a GPU and torch sees one, "
+                 "else cpu), cpu or cuda")
   p.add_argument("--num_classes", type=int, default=100)
   p.add_argument("--stages", default="2,2,2,2",
                  help="blocks per stage (1,1,1,1: a ResNet-10, for tests)")
@@ -114,19 +117,32 @@ def make_jax_step(*, width, batch, method_name, num_classes, dtype,
   return step, state, data, model
 
 
+def torch_device(name: str) -> str:
+  """"auto" -> "cuda" when JAX runs on a GPU and torch sees one, else "cpu"."""
+  if name != "auto":
+    return name
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+  return "cuda" if on_gpu else "cpu"
+
+
 def make_torch_step(*, width, batch, method_name, num_classes, channels_last,
-                    stages=(2, 2, 2, 2)):
+                    stages=(2, 2, 2, 2), device="cpu"):
+  """(PyTorch step, images, labels), the batch already on `device`."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
+  if device == "cuda":  # What the research code does: cuDNN autotuning.
+    torch.backends.cudnn.benchmark = True
   step = torch_reference.TrainStep(num_classes=num_classes, width=width,
                                    method=method_name,
                                    channels_last=channels_last,
-                                   stage_sizes=stages)
+                                   stage_sizes=stages, device=device)
   rng = np.random.default_rng(0)
   images = torch.from_numpy(rng.integers(0, 256, (batch, 32, 32, 3),
-                                         dtype=np.uint8))
-  labels = torch.from_numpy(rng.integers(0, num_classes, (batch,)))
+                                         dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(rng.integers(0, num_classes, (batch,))).to(device)
   return step, images, labels
 
 
@@ -178,7 +194,7 @@ def run_config(args, width, batch, method_name, conv_impl="auto"):
     tstep, timages, tlabels = make_torch_step(
         width=width, batch=batch, method_name=method_name,
         num_classes=args.num_classes, channels_last=args.torch_channels_last,
-        stages=_stages(args))
+        stages=_stages(args), device=args.torch_device)
     n_params_torch = param_count_torch(tstep)
 
     def torch_fn():
@@ -186,8 +202,10 @@ def run_config(args, width, batch, method_name, conv_impl="auto"):
         loss = tstep(timages, tlabels)
       return float(loss)
 
-    for _ in range(args.warmup):
-      tstep(timages, tlabels)
+    for i in range(args.warmup):
+      loss = tstep(timages, tlabels)
+      if i == args.warmup - 1:
+        float(loss)  # Waits for the queued warm-up work (CUDA).
 
   t_jax, t_torch, ratios = [], [], []
   for _ in range(args.reps):
@@ -236,6 +254,8 @@ def main(argv=None):
   if not args.no_torch:
     import torch  # pylint: disable=g-import-not-at-top
     env["torch_threads"] = torch.get_num_threads()
+    args.torch_device = torch_device(args.torch_device)
+    env["torch_device"] = args.torch_device
   print(f"device: {env['device']['platform']} {env['device']['device_kind']}"
         f" x{env['device']['device_count']} ({env['device']['cpu']}, "
         f"{env['device']['cpu_count']} cpus); load {common.loadavg()}",

@@ -160,12 +160,14 @@ def preprocess(images_u8, mean, std, pad: int = 4, flip: bool = True,
   b, h, w, _ = x.shape
   if pad:
     xp = F.pad(x, (0, 0, pad, pad, pad, pad))
-    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
-    rows = (off[:, 0, None] + torch.arange(h))[:, :, None]   # [B, H, 1]
-    cols = (off[:, 1, None] + torch.arange(w))[:, None, :]   # [B, 1, W]
-    x = xp[torch.arange(b)[:, None, None], rows, cols]       # [B, H, W, C]
+    dev = x.device
+    off = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator,
+                        device=dev)
+    rows = (off[:, 0, None] + torch.arange(h, device=dev))[:, :, None]
+    cols = (off[:, 1, None] + torch.arange(w, device=dev))[:, None, :]
+    x = xp[torch.arange(b, device=dev)[:, None, None], rows, cols]
   if flip:
-    do = torch.rand(b, generator=generator) < 0.5
+    do = torch.rand(b, generator=generator, device=x.device) < 0.5
     x = torch.where(do[:, None, None, None], x.flip(2), x)
   x = x.permute(0, 3, 1, 2)
   return x.contiguous(memory_format=torch.channels_last if channels_last
@@ -184,29 +186,39 @@ def make_optimizer(model: nn.Module, lr: float = 0.1, momentum: float = 0.9,
 
 
 class TrainStep:
-  """One PyTorch train step of the multi-exit ResNet-18 ("pl" or "eed")."""
+  """One PyTorch train step of the multi-exit ResNet-18 ("pl" or "eed").
+
+  `device` ("cpu", "cuda"): where the model, the optimizer state and the
+  augmentation run; the caller puts the batch there.
+  """
 
   def __init__(self, *, num_classes: int = 100, width: int = 64,
                method: str = "pl", mean: Tuple[float, ...] = (0.5, 0.5, 0.5),
                std: Tuple[float, ...] = (0.25, 0.25, 0.25),
                channels_last: bool = False, seed: int = 0,
-               stage_sizes: Sequence[int] = (2, 2, 2, 2)):
+               stage_sizes: Sequence[int] = (2, 2, 2, 2),
+               device: str = "cpu"):
     if method not in ("pl", "eed"):
       raise ValueError(f"torch reference has methods pl, eed; got {method!r}")
     torch.manual_seed(seed)
+    self.device = torch.device(device)
     self.model = MultiExitResNet18(num_classes, width, stage_sizes).train()
+    self.model = self.model.to(self.device)
     self.channels_last = channels_last
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
     self.opt = make_optimizer(self.model)
     self.method = method
-    self.mean = torch.tensor(mean, dtype=torch.float32)
-    self.std = torch.tensor(std, dtype=torch.float32)
-    self.temperature = torch.tensor(1.0)
-    self.gen = torch.Generator().manual_seed(seed)
+    self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+    self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+    self.temperature = torch.tensor(1.0, device=self.device)
+    self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
   def __call__(self, images_u8: torch.Tensor, labels: torch.Tensor):
-    """images_u8: uint8 [B, H, W, 3]; labels: int64 [B]. Returns the loss."""
+    """images_u8: uint8 [B, H, W, 3]; labels: int64 [B], on `device`.
+
+    Returns the loss, a 0-d tensor on `device` (not synchronised).
+    """
     x = preprocess(images_u8, self.mean, self.std, generator=self.gen,
                    channels_last=self.channels_last)
     logits, feats = self.model(x)
