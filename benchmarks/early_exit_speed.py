@@ -92,12 +92,16 @@ def stage_times(model, variables, x, reps):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd.early_exit import staged  # pylint: disable=g-import-not-at-top
+  from mexd.early_exit import policies  # pylint: disable=g-import-not-at-top
   e = model.apply(variables, method=lambda m: m.num_exits)
   h, per = x, []
+  state = policies.init_state(x.shape[0])
+  index, theta = jax.device_put(np.int32(0)), jax.device_put(np.float32(2.0))
   for k in range(e):
     fn = staged._stage_fn(model, k)  # pylint: disable=protected-access
-    out = jax.block_until_ready(fn(variables, h))
-    ts = [common.timeit(lambda: fn(variables, h), jax.block_until_ready)
+    args = (variables, h, state, index, theta)
+    out = jax.block_until_ready(fn(*args))
+    ts = [common.timeit(lambda: fn(*args), jax.block_until_ready)
           for _ in range(reps)]
     per.append(common.median(ts) / x.shape[0])
     h = out[0]

@@ -11,8 +11,10 @@ average, where powers of two alone waste up to half): XLA compiles each
 stage once per bucket and never per batch. Padding rows repeat a real row
 and are dropped on the host.
 
-One host sync per stage (the exit mask, [bucket] booleans) decides the next
-gather; everything else stays on the device. The predictions equal
+Each stage is one program (the stage, its exit's score and the threshold
+test) and one host sync (an int32 [bucket] code: the prediction of the rows
+that leave, or -1 - prediction) that decides the next gather; everything else
+stays on the device. The predictions equal
 `policies.simulate` on the one-pass logits, because `__call__` of a
 `MultiExitModel` is the loop over `stage` and each row is computed
 independently (eval mode).
@@ -23,6 +25,7 @@ Example:
   >>> label, exit_k = pred.predict_one(images[0])  # batch-size-1 latency path
 """
 
+import collections
 import functools
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -95,28 +98,48 @@ def _take(pool, b: int):
 _TRACES: List[Tuple[Any, int, int]] = []
 
 
+def _all_scores(logits, state):
+  """logits [b, C] -> (every policy's score [P, b], `policy_names()` order;
+  the new policy state)."""
+  out = [policies.score_step(name, logits, state) for name in
+         policies.policy_names()]
+  return jnp.stack([score for score, _ in out]), out[0][1]
+
+
 @functools.lru_cache(maxsize=None)
 def _stage_fn(model, k: int):
-  """The jitted stage k of `model`, shared by every predictor of the model.
+  """The jitted stage k of `model` with its exit test, shared by every predictor.
 
-  Policy and thresholds stay out of it, so predictors of one model that
-  differ in policy or thresholds compile no stage anew.
+  One program per stage and bucket does the stage, the exit's score and the
+  threshold test, so a stage costs one dispatch and one small transfer back.
+  Policy (an index) and threshold are arguments, not constants: predictors
+  of one model that differ in policy or thresholds compile no stage anew
+  (every policy's score is computed, a few reductions over [b, C], and the
+  chosen one selected; no conditional, which XLA:GPU would sync on).
   """
 
-  def fn(variables, h):
-    """h (padded batch [b, ...]) -> (h_k, logits_k [b, C])."""
+  def fn(variables, h, state, policy_index, theta):
+    """Stage k on a padded batch.
+
+    Args:
+      variables: the model variables.
+      h: [b, ...] hidden state of stage k - 1 (images for k = 0).
+      state: policy state (previous argmax [b], run length [b]).
+      policy_index: int32 scalar, index into `policies.policy_names()`.
+      theta: float32 scalar threshold of exit k.
+
+    Returns:
+      (h_k [b, ...], new policy state, code [b] int32): code = the argmax
+      of exit k where the row leaves here, else -1 - argmax.
+    """
     _TRACES.append((model, k, jax.tree.leaves(h)[0].shape[0]))
     h, logits, _ = model.apply(variables, k, h, train=False, method="stage")
-    return h, logits
+    all_scores, state = _all_scores(logits, state)
+    done = all_scores[policy_index] >= theta
+    code = jnp.where(done, state[0], -1 - state[0])
+    return h, state, code
 
   return xla_options.jit(fn)
-
-
-@functools.partial(jax.jit, static_argnames="policy")
-def _exit_test(policy: str, logits, state, theta):
-  """Policy score of one exit vs its threshold -> (new state, exit [b])."""
-  score, state = policies.score_step(policy, logits, state)
-  return state, score >= theta
 
 
 class StagedPredictor:
@@ -146,6 +169,10 @@ class StagedPredictor:
       raise ValueError(f"thresholds {thresholds.shape} must have one entry "
                        f"per exit, E = {self.num_exits}")
     self.thresholds = thresholds
+    # Device scalars, put once: a call passes them without a transfer.
+    self._theta = [jax.device_put(t) for t in thresholds]
+    self._policy_index = jax.device_put(
+        np.int32(list(policies.policy_names()).index(policy)))
     if buckets is not None:
       buckets = sorted(set(int(b) for b in buckets))
       if buckets[0] < 1:
@@ -210,7 +237,8 @@ class StagedPredictor:
     out = self._run_chunk(image, lambda n: n)
     return int(out.predictions[0]), int(out.exits[0])
 
-  def run_pooled(self, images: Array, batch_size: int) -> StagedResult:
+  def run_pooled(self, images: Array, batch_size: int,
+                 depth: int = 2) -> StagedResult:
     """Throughput path: every stage runs on full batches of `batch_size`.
 
     `run` compacts the survivors of one batch, so later stages run on ever
@@ -224,16 +252,24 @@ class StagedPredictor:
     efficient at, for every stage. The predictions equal `run`'s (rows are
     computed independently in eval mode); only the order of work differs.
 
+    The stage calls are software-pipelined: up to `depth` calls are
+    dispatched before the host waits for the oldest one's exit decisions, so
+    the accelerator computes the next batch while the host syncs (on a GPU a
+    device-to-host copy costs far more than a small stage).
+
     Args:
       images: [N, H, W, C_in] images.
       batch_size: B, rows per stage call.
+      depth: stage calls in flight (>= 1; 1 waits for each call at once).
 
     Returns:
       a `StagedResult`; `padded[k]` is the largest batch stage k ran with.
     """
-    bsz = int(batch_size)
+    bsz, depth = int(batch_size), int(depth)
     if bsz < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if depth < 1:
+      raise ValueError(f"depth must be >= 1, got {depth}")
     n, e = images.shape[0], self.num_exits
     res = StagedResult(np.zeros(n, np.int32), np.zeros(n, np.int32),
                        np.zeros(e, np.int64), np.zeros(e, np.int64))
@@ -242,15 +278,22 @@ class StagedPredictor:
     pools: List[Any] = [None] * e
     count = [0] * e
     pos: List[np.ndarray] = [np.zeros(0, np.int64)] * e
+    in_flight = collections.deque()  # dispatched stage calls, oldest first
 
-    def run_stage(k, h, state, rows):
+    def launch(k, h, state, rows):
       b = jax.tree.leaves(h)[0].shape[0]
       res.reached[k] += rows.size
       res.padded[k] = max(res.padded[k], b)
-      h, state, keep = self._stage_step(k, h, state, rows, res)
+      in_flight.append((k, rows) + self._stage_launch(k, h, state))
+
+    def finish():
+      """Waits for the oldest call; pools its survivors; launches full pools."""
+      k, rows, h, state, code = in_flight.popleft()
+      keep = self._stage_finish(k, code, rows, res)
       if keep.size == 0:
         return
       nxt = k + 1
+      b = jax.tree.leaves(h)[0].shape[0]
       if pools[nxt] is None:  # 2B rows shaped like this stage's output
         pools[nxt] = jax.tree.map(
             lambda a: jnp.zeros((2 * bsz,) + a.shape[1:], a.dtype),
@@ -259,30 +302,36 @@ class StagedPredictor:
                            jnp.asarray(_pad_index(keep, b)), count[nxt])
       count[nxt] += keep.size
       pos[nxt] = np.concatenate([pos[nxt], rows[keep]])
-      while count[nxt] >= bsz:  # a full batch is waiting: run it now
+      while count[nxt] >= bsz:  # a full batch is waiting: launch it
         (h_b, s_b), pools[nxt] = _take(pools[nxt], bsz)
         taken, pos[nxt] = pos[nxt][:bsz], pos[nxt][bsz:]
         count[nxt] -= bsz
-        run_stage(nxt, h_b, s_b, taken)
+        launch(nxt, h_b, s_b, taken)
 
-    def run_partial(k, tree, rows):
+    def launch_partial(k, tree, rows):
       """Stage k on the first rows.size < B rows of tree, padded to a bucket."""
       b = min(self.bucket(rows.size), bsz)
       h, state = _gather(tree, jnp.asarray(_pad_index(np.arange(rows.size),
                                                       b)))
-      run_stage(k, h, state, rows)
+      launch(k, h, state, rows)
 
     for i in range(0, n, bsz):
       x = images[i:i + bsz]
       rows = np.arange(i, i + x.shape[0])
       if x.shape[0] == bsz:
-        run_stage(0, x, policies.init_state(bsz), rows)
+        launch(0, x, policies.init_state(bsz), rows)
       else:
-        run_partial(0, (x, policies.init_state(x.shape[0])), rows)
+        launch_partial(0, (x, policies.init_state(x.shape[0])), rows)
+      while len(in_flight) >= depth:
+        finish()
     for k in range(1, e):  # flush: partial pools, in stage order
+      while in_flight:  # pool k is final once every earlier call finished
+        finish()
       if count[k]:
         rows, pos[k], count[k] = pos[k], np.zeros(0, np.int64), 0
-        run_partial(k, pools[k], rows)
+        launch_partial(k, pools[k], rows)
+    while in_flight:
+      finish()
     return res
 
   def _run_chunk(self, images: Array, bucket=None) -> StagedResult:
@@ -307,23 +356,43 @@ class StagedPredictor:
         h, state = _gather((h, state), jnp.asarray(_pad_index(keep, b)))
     return out
 
-  def _stage_step(self, k: int, h, state, rows: np.ndarray,
-                  out: StagedResult):
-    """Runs stage k on h ([b] rows, the first rows.size live) and exit test k.
+  def _stage_launch(self, k: int, h, state):
+    """Dispatches stage k with its exit test; nothing waits.
+
+    Returns:
+      (h_k [b, ...], policy state [b], code [b] on the device; see
+      `_stage_fn`).
+    """
+    return self._stage_fns[k](self.variables, h, state, self._policy_index,
+                              self._theta[k])
+
+  def _stage_finish(self, k: int, code, rows: np.ndarray,
+                    out: StagedResult) -> np.ndarray:
+    """Waits for a stage's code and records the rows that leave at exit k.
 
     Writes the predictions and exit index of the rows that leave into
-    `out` (at their original positions `rows`), with one host sync.
+    `out` (at their original positions `rows`, the first rows.size of the
+    b padded rows), with one host sync.
+
+    Returns:
+      indices into the first rows.size rows of those that go on.
+    """
+    code = jax.device_get(code)[:rows.size]  # the one sync of a stage
+    done = code >= 0
+    pred = np.where(done, code, -1 - code)
+    if k == self.num_exits - 1:
+      done = np.ones_like(done)  # the final exit takes everyone left
+    out.predictions[rows[done]] = pred[done]
+    out.exits[rows[done]] = k
+    return np.flatnonzero(~done)
+
+  def _stage_step(self, k: int, h, state, rows: np.ndarray,
+                  out: StagedResult):
+    """Stage k launched and finished at once (see the two methods above).
 
     Returns:
       (h_k [b, ...], policy state [b], indices into the first rows.size
       rows of those that go on).
     """
-    h, logits = self._stage_fns[k](self.variables, h)
-    state, done = _exit_test(self.policy, logits, state, self.thresholds[k])
-    done_np, pred_np = jax.device_get((done, state[0]))  # one sync a stage
-    done_np, pred_np = done_np[:rows.size], pred_np[:rows.size]
-    if k == self.num_exits - 1:
-      done_np = np.ones_like(done_np)  # the final exit takes everyone left
-    out.predictions[rows[done_np]] = pred_np[done_np]
-    out.exits[rows[done_np]] = k
-    return h, state, np.flatnonzero(~done_np)
+    h, state, code = self._stage_launch(k, h, state)
+    return h, state, self._stage_finish(k, code, rows, out)

@@ -166,5 +166,13 @@ def test_pooled_equals_simulate(setup, policy, batch):
   # Same again (pools start empty each call): identical answers.
   again = pred.run_pooled(images, batch)
   np.testing.assert_array_equal(again.predictions, out.predictions)
+  # Pipelining depth changes the order of work only.
+  for depth in (1, 3):
+    other = pred.run_pooled(images, batch, depth=depth)
+    np.testing.assert_array_equal(other.exits, ref["exit"])
+    np.testing.assert_array_equal(other.predictions, ref["predictions"])
+    np.testing.assert_array_equal(other.reached, out.reached)
   with pytest.raises(ValueError, match="batch_size"):
     pred.run_pooled(images, 0)
+  with pytest.raises(ValueError, match="depth"):
+    pred.run_pooled(images, batch, depth=0)
