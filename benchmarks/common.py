@@ -38,14 +38,32 @@ def set_threads(threads: Optional[int]):
                                " intra_op_parallelism_threads=1").strip()
 
 
+def setup_process(args):
+  """First thing in a script's main: threads, then host malloc (before jax).
+
+  `--malloc tuned` (the default, as in `python -m mexd.train`) applies
+  `mexd.hostmem.tune_malloc()`; `--malloc default` keeps glibc's defaults
+  and sets MEXD_TUNE_MALLOC=0 so that child processes keep them too.
+  """
+  set_threads(args.threads)
+  if args.malloc == "default":
+    os.environ["MEXD_TUNE_MALLOC"] = "0"
+  from mexd import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.tune_malloc()
+
+
 def add_common_flags(parser: argparse.ArgumentParser, name: str):
-  """--out (JSON path) and --threads, shared by every script."""
+  """--out (JSON path), --threads and --malloc, shared by every script."""
   parser.add_argument("--out", default=os.path.join(RESULTS,
                                                     f"speed_{name}.json"),
                       help="where to write the JSON record")
   parser.add_argument("--threads", type=int, default=None,
                       help="CPU threads (torch.set_num_threads; 1 also turns "
                       "off XLA:CPU's thread pool); default: all cores")
+  parser.add_argument("--malloc", default="tuned",
+                      choices=("tuned", "default"),
+                      help="host malloc: tuned (mexd.hostmem.tune_malloc, as "
+                      "mexd.train does) or glibc's defaults")
 
 
 def _git_hash() -> str:
@@ -113,6 +131,8 @@ def environment() -> Dict[str, Any]:
       "flax": flax.__version__,
       "torch": torch_version(),
       "device": device_description(),
+      "malloc": ("default" if os.environ.get("MEXD_TUNE_MALLOC") == "0"
+                 else "tuned"),
       "loadavg_start": loadavg(),
   }
 

@@ -218,7 +218,7 @@ def _row(name, mode, n, b, p, res, costs, times, t_full, t_staged):
 
 def main(argv=None):
   args = parse_args(argv)
-  common.set_threads(args.threads)
+  common.setup_process(args)
   env = common.environment()
   rows, lat, costs = [], [], {}
   for name in args.models.split(","):

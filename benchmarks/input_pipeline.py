@@ -65,7 +65,7 @@ def consumer_rate(args):
 
 def main(argv=None):
   args = parse_args(argv)
-  common.set_threads(args.threads)
+  common.setup_process(args)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mexd import sharding  # pylint: disable=g-import-not-at-top

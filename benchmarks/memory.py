@@ -97,7 +97,7 @@ def measure(name, args):
 
 def main(argv=None):
   args = parse_args(argv)
-  common.set_threads(args.threads)
+  common.setup_process(args)
   from mexd import models  # pylint: disable=g-import-not-at-top
   env = common.environment()
   names = args.models.split(",") if args.models else models.model_names()

@@ -102,7 +102,7 @@ def build_step(name, *, model, variables, batch, num_classes=100):
 
 def main(argv=None):
   args = parse_args(argv)
-  common.set_threads(args.threads)
+  common.setup_process(args)
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from step_time import build_model  # pylint: disable=g-import-not-at-top

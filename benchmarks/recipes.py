@@ -135,7 +135,7 @@ def main(argv=None):
   parser.add_argument("--data_dir", default=None,
                       help="mock data folder (default: under workroot)")
   args = parser.parse_args(argv)
-  common.set_threads(args.threads)
+  common.setup_process(args)
   names = [r[0] for r in RECIPES]
   only = [n for n in args.only.split(",") if n] or names
   unknown = sorted(set(only) - set(names))

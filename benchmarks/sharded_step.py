@@ -34,7 +34,7 @@ def main():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count="
                                f"{max(counts)}").strip()
-  common.set_threads(a.threads)
+  common.setup_process(a)
   import functools  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top

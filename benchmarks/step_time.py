@@ -233,7 +233,7 @@ def run_config(args, width, batch, method_name, conv_impl="auto"):
 
 def main(argv=None):
   args = parse_args(argv)
-  common.set_threads(args.threads)
+  common.setup_process(args)
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
                                args.xla_flags).strip()

@@ -39,6 +39,7 @@ import numpy as np
 from mexd import data as data_lib
 from mexd import early_exit as ee
 from mexd import errors
+from mexd import hostmem
 from mexd import sharding
 from mexd import steps
 from mexd import train
@@ -285,6 +286,7 @@ def define_flags():
 
 def main(argv):
   del argv
+  hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.hostmem.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   with errors.one_line_errors("mexd.evaluate"):

@@ -32,6 +32,7 @@ from mexd import checkpoint
 from mexd import config_lib
 from mexd import data as data_lib
 from mexd import errors
+from mexd import hostmem
 from mexd import losses
 from mexd import metrics as metrics_lib
 from mexd import models
@@ -388,6 +389,7 @@ def _process_env():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.hostmem.
   if FLAGS.multiprocess or os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(**_process_env())
   if not FLAGS["verbosity"].present:
