@@ -124,8 +124,13 @@ def shrink_for_runlocal(config, *, batch_size: int = 16,
 
   One epoch, small batches, a log line every 5 steps: enough to see every
   code path of the recipe (data, model, loss, eval, checkpoint) run on a
-  laptop CPU. Returns `config` for chaining.
+  laptop CPU. A semi-supervised recipe keeps its unlabeled share of the
+  batch (e.g. 32 of 64 -> 8 of 16). Returns `config` for chaining.
   """
+  data = config.get("data")
+  if data is not None and data.get("unlabeled_batch"):
+    data.unlabeled_batch = max(
+        1, data.unlabeled_batch * batch_size // config.batch_size)
   config.num_epochs = 1
   config.batch_size = batch_size
   config.eval_batch_size = eval_batch_size

@@ -68,6 +68,21 @@ def test_recipe_builds_and_traces(name, arg):
   assert method.needs_teacher == (c.method in ("erde", "kd"))
 
 
+@pytest.mark.parametrize("name,arg", [
+    v for v in VARIANTS if v[0] not in ("digits", "fashion_mnist")])
+def test_runlocal_variant_validates(name, arg):
+  # benchmarks/recipes.py trains these; a runlocal batch of 16 once kept the
+  # semi-supervised recipe's 32 unlabeled rows.
+  c = load(name, ",".join(a for a in (arg, "runlocal=True") if a))
+  config_lib.validate(c)
+  assert c.num_epochs == 1
+
+
+def test_runlocal_keeps_the_unlabeled_share():
+  c = load("cifar100", "method=pl,semisup=True,runlocal=True")
+  assert (c.batch_size, c.data.unlabeled_batch) == (16, 8)
+
+
 def test_unknown_config_argument_is_refused():
   with pytest.raises(ValueError, match="unknown config argument 'methd'"):
     load("cifar100", "methd=eed")
