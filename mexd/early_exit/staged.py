@@ -99,8 +99,15 @@ _TRACES: List[Tuple[Any, int, int]] = []
 
 
 def _all_scores(logits, state):
-  """logits [b, C] -> (every policy's score [P, b], `policy_names()` order;
-  the new policy state)."""
+  """Every policy's score of one exit.
+
+  Args:
+    logits: [b, C] logits of the exit.
+    state: policy state before it (previous argmax [b], run length [b]).
+
+  Returns:
+    (scores [P, b] in `policies.policy_names()` order, new policy state).
+  """
   out = [policies.score_step(name, logits, state) for name in
          policies.policy_names()]
   return jnp.stack([score for score, _ in out]), out[0][1]
@@ -108,7 +115,7 @@ def _all_scores(logits, state):
 
 @functools.lru_cache(maxsize=None)
 def _stage_fn(model, k: int):
-  """The jitted stage k of `model` with its exit test, shared by every predictor.
+  """Jitted stage k of `model` with its exit test, shared by all predictors.
 
   One program per stage and bucket does the stage, the exit's score and the
   threshold test, so a stage costs one dispatch and one small transfer back.
