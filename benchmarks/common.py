@@ -119,6 +119,7 @@ def environment() -> Dict[str, Any]:
   """Provenance of a measurement (goes into every JSON record)."""
   import jax  # pylint: disable=g-import-not-at-top
   import flax  # pylint: disable=g-import-not-at-top
+  from mexd import hostmem  # pylint: disable=g-import-not-at-top
   return {
       "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT)]
                           + sys.argv[1:]),
@@ -131,8 +132,7 @@ def environment() -> Dict[str, Any]:
       "flax": flax.__version__,
       "torch": torch_version(),
       "device": device_description(),
-      "malloc": ("default" if os.environ.get("MEXD_TUNE_MALLOC") == "0"
-                 else "tuned"),
+      "malloc": "tuned" if hostmem.enabled() else "default",
       "loadavg_start": loadavg(),
   }
 

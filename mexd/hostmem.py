@@ -52,16 +52,20 @@ def _glibc():
     return None
 
 
+def enabled() -> bool:
+  """Whether `tune_malloc` applies here (glibc, MEXD_TUNE_MALLOC not "0")."""
+  return (os.environ.get("MEXD_TUNE_MALLOC", "1") != "0"
+          and _glibc() is not None)
+
+
 def tune_malloc() -> bool:
   """Applies `SETTINGS` with mallopt(3); whether they were applied.
 
   False (nothing changed) when `MEXD_TUNE_MALLOC=0`, off glibc, or when
   glibc refuses a setting.
   """
-  if os.environ.get("MEXD_TUNE_MALLOC", "1") == "0":
+  if not enabled():
     return False
   libc = _glibc()
-  if libc is None:
-    return False
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
