@@ -106,3 +106,12 @@ def test_memory(tmp_path):
   row = _run("memory", tmp_path, "--models", "digits_cnn", "--batch",
              "8")["rows"][0]
   assert row["peak_mib"] > 0 and row["argument_mib"] > 0
+
+
+def test_batch_norm(tmp_path):
+  row = _run("batch_norm", tmp_path, "--batch", "2", "--width", "4",
+             "--per_stage", "1", "--reps", "1")["rows"][0]
+  assert row["layers"] == 4
+  assert row["flax_ms"] > 0 and row["mexd_ms"] > 0
+  # Both implementations computed the same gradients.
+  assert row["max_abs_grad_diff"] < 1e-4

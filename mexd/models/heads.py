@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mexd.models import conv as conv_lib
+from mexd.models import norm as norm_lib
 
 Array = Any
 
@@ -50,10 +51,14 @@ HEAD_KINDS = ("byot", "byot_sep", "sdn", "erde", "erde_window")
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """The project's BatchNorm: running averages in eval mode, momentum 0.9."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      dtype=dtype, name=name)
+def batch_norm(train: bool, dtype: Any, name: str) -> norm_lib.BatchNorm:
+  """The project's BatchNorm: running averages in eval mode, momentum 0.9.
+
+  `mexd.models.norm.BatchNorm`: flax.linen.BatchNorm's variables and numbers
+  with a closed-form backward pass.
+  """
+  return norm_lib.BatchNorm(use_running_average=not train, momentum=0.9,
+                            dtype=dtype, name=name)
 
 
 def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,

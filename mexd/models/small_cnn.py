@@ -32,8 +32,7 @@ class ConvStage(nn.Module):
       s = self.stride if i == 0 else 1
       x = conv.Conv(self.width, (3, 3), strides=(s, s), padding="SAME",
                     dtype=self.dtype, name=f"conv{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       dtype=self.dtype, name=f"bn{i}")(x)
+      x = heads.batch_norm(train, self.dtype, f"bn{i}")(x)
       x = nn.relu(x)
     return x
 
