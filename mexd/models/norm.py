@@ -60,11 +60,14 @@ def batch_norm_train(x: Array, scale: Array, bias: Array,
   return y, mean, var
 
 
+def _normalize(x, mean, rstd, scale, bias):
+  """(x - mean) * rstd * scale + bias in float32; x [..., C], the rest [C]."""
+  return (x.astype(jnp.float32) - mean) * (rstd * scale) + bias
+
+
 def _forward(x, scale, bias, epsilon):
-  xf = x.astype(jnp.float32)
-  mean, var, rstd = _stats(xf, epsilon)
-  y = (xf - mean) * (rstd * scale) + bias
-  return y, mean, var, rstd
+  mean, var, rstd = _stats(x.astype(jnp.float32), epsilon)
+  return _normalize(x, mean, rstd, scale, bias), mean, var, rstd
 
 
 def _fwd(x, scale, bias, epsilon):
@@ -118,8 +121,8 @@ class BatchNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     if self.use_running_average:
-      y = ((x.astype(jnp.float32) - ra_mean.value)
-           * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias)
+      y = _normalize(x, ra_mean.value,
+                     jax.lax.rsqrt(ra_var.value + self.epsilon), scale, bias)
     else:
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
       if not self.is_initializing():
