@@ -17,7 +17,10 @@ default, as in `mexd.train`) and with XLA's defaults.
 Both are timed in the same process, interleaved: each repetition runs
 `--steps` steps of JAX then `--steps` steps of PyTorch; the tables give the
 median images/s over repetitions and the median of the per-repetition ratio
-JAX / PyTorch (robust to other jobs on the machine).
+JAX / PyTorch (robust to other jobs on the machine). The defaults (one step
+of each per repetition, 15 repetitions) pair neighbouring steps, which is
+what the quoted CPU ratio uses: the 2-core VM's speed drifts within minutes
+(docs/benchmarks.md, section 1).
 
 Usage (one command, CPU or GPU; torch optional):
   python benchmarks/step_time.py          # batch 128 width 16; batch 64 width 64
@@ -45,9 +48,10 @@ def parse_args(argv=None):
                  "product replaces --configs)")
   p.add_argument("--width", default=None, help="comma list of base widths")
   p.add_argument("--methods", default="pl", help="comma list: pl, eed")
-  p.add_argument("--steps", type=int, default=3, help="steps per repetition")
-  p.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps")
+  p.add_argument("--steps", type=int, default=1, help="steps per repetition")
+  p.add_argument("--reps", type=int, default=15,
+                 help="interleaved repetitions")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps")
   p.add_argument("--dtype", default="float32", help="mexd compute dtype")
   p.add_argument("--conv_impl", default="auto",
                  help="comma list of mexd.models.conv impls to time: auto "
