@@ -14,9 +14,10 @@ them. What differs is the training-mode gradient: `batch_norm_train` is a
 (sums over all axes but the last, N their size): one fused two-output
 reduction over (g, x) and one elementwise pass. Autodiff of the forward
 instead differentiates through mean, E[x^2] and the variance clip and
-leaves XLA several reductions and elementwise passes per layer. Whole
-ResNet-18 train step on the project's 2-core CPU: ~3 % faster (paired
-medians over 40 interleaved steps; docs/benchmarks.md, section 1).
+leaves XLA several reductions and elementwise passes per layer. The 20
+backbone batch norms of ResNet-18 at batch 64 (+ ReLU, forward + backward)
+on the project's 2-core CPU: 1.26x faster (`benchmarks/batch_norm.py`);
+about 1 % of the whole train step (docs/benchmarks.md, section 1).
 
 Statistics are computed in float32 whatever the compute dtype (as flax does);
 the output is cast to `dtype`.
