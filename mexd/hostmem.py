@@ -27,6 +27,7 @@ shrink after a peak). Off with the environment variable
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -40,8 +41,12 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0),
             (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
-  """The process's C library if it is glibc (has mallopt), else None."""
+  """The process's C library if it is glibc (has mallopt), else None.
+
+  Looked up once per process (`ctypes.util.find_library` runs a subprocess).
+  """
   if not sys.platform.startswith("linux"):
     return None
   try:
