@@ -83,10 +83,9 @@ def write_mock(data_dir: str, name: str):
 def make_config(config_file: str, arg: str, data_dir: str,
                 teacher_workdir: Optional[str]):
   """The recipe's runlocal config pointed at the mock data."""
-  from mexd import config_lib  # pylint: disable=g-import-not-at-top
-  module = config_lib.load_sibling(
-      os.path.join(common.ROOT, "configs", "x.py"), config_file)
-  c = module.get_config(f"{arg},runlocal=True")
+  from mexd import configs  # pylint: disable=g-import-not-at-top
+  c = configs.load(config_file, ",".join(a for a in (arg, "runlocal")
+                                          if a))
   c.data.data_dir = data_dir
   c.data.val_size = MOCK_VAL[c.data.name]
   if c.data.get("labeled_per_class"):
@@ -113,7 +112,7 @@ def run(recipe: str, workroot: str, data_dir: str,
   res = train.train_and_evaluate(config, workdir, overwrite=True)
   wall = time.time() - t0
   return {
-      "recipe": recipe, "config": f"configs/{config_file}.py:{arg}",
+      "recipe": recipe, "config": f"{config_file}:{arg}",
       "data": config.data.name, "model": config.model.name,
       "method": config.method, "exits": len(res["test"]["acc"]),
       "batch_size": config.batch_size, "steps": res["steps"],

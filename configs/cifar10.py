@@ -1,16 +1,7 @@
-"""CIFAR-10 recipes: the CIFAR-100 ones on 10 classes (ERDE's data sets).
+"""The `cifar10` recipe, for `--config=configs/cifar10.py[:arg]` in a checkout.
 
-  python -m mexd.train --config=configs/cifar10.py:method=ce --workdir=runs/c10-teacher
-  python -m mexd.train --config=configs/cifar10.py:method=erde,student=True \
-      --config.teacher_workdir=runs/c10-teacher
+The recipe and its arguments live in mexd/configs/cifar10.py, installed with the
+package (`--config=cifar10[:arg]` works from any directory).
 """
 
-from mexd import config_lib
-
-cifar100 = config_lib.load_sibling(__file__, "cifar100")
-
-
-def get_config(arg=None):
-  c = cifar100.get_config(arg)
-  c.data.name = "cifar10"
-  return c
+from mexd.configs.cifar10 import get_config  # pylint: disable=unused-import

@@ -1,58 +1,7 @@
-"""Fashion-MNIST (official IDX files, Debian package dataset-fashion-mnist).
+"""The `fashion_mnist` recipe, for `--config=configs/fashion_mnist.py[:arg]` in a checkout.
 
-The project's reference data set for comparing methods on CPU:
-
-  python -m mexd.train --config=configs/fashion_mnist.py               # P&L
-  python -m mexd.train --config=configs/fashion_mnist.py:method=eed
-  python -m mexd.train --config=configs/fashion_mnist.py:method=pl,limited=True
-  # ERDE / KD: train a teacher, then a reduced student from it.
-  python -m mexd.train --config=configs/fashion_mnist.py:method=ce \
-      --workdir=runs/fm-teacher
-  python -m mexd.train --config=configs/fashion_mnist.py:method=erde,student=True \
-      --config.teacher_workdir=runs/fm-teacher --workdir=runs/fm-erde
-
-Args (comma separated after ':'):
-  method: any name of mexd.losses.method_names() (default pl).
-  limited: the data-limited setting of Phuong & Lampert: 100 labeled images
-    per class; the rest of train is the unlabeled pool. With method=pl the
-    semi-supervised variant distils on 64 unlabeled images of every batch
-    (use semisup=False for the labeled-only run).
-  semisup: in the limited setting, add unlabeled rows to every batch.
-  student: the width-halved student network (ERDE/KD), else the full one.
-  epochs: number of epochs (default 20, ~90 s each on 2 idle CPU cores;
-    limited: 100 epochs of 1,000 images).
+The recipe and its arguments live in mexd/configs/fashion_mnist.py, installed with the
+package (`--config=fashion_mnist[:arg]` works from any directory).
 """
 
-from mexd import config_lib
-
-
-def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="pl", limited=False, semisup=True,
-                           student=False, epochs=0)
-  c = config_lib.base_config()
-  c.data.name = "fashion_mnist"
-  c.data.val_size = 5000
-  c.model.name = "small_cnn"
-  # 4 exits at 28, 14, 7 and 4 pixels; ~11 M MACs per image (student ~3 M).
-  c.model.kwargs.widths = (8, 16, 32, 64) if a.student else (16, 32, 64, 128)
-  c.model.kwargs.strides = (1, 2, 2, 2)
-  c.model.kwargs.head_features = 64
-  c.augment.crop_pad = 2
-  c.augment.flip = True
-  c.method = a.method
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.num_epochs = a.epochs or 20
-  c.optimizer.lr = 0.05
-  c.optimizer.weight_decay = 5e-4
-  c.log_every_steps = 50
-  c.eval_every_epochs = 2
-  c.ckpt_every_steps = 1000
-  if a.limited:
-    c.data.labeled_per_class = 100
-    c.data.unlabeled_pool = True
-    if a.semisup and a.method == "pl":
-      c.data.unlabeled_batch = 64
-    c.num_epochs = a.epochs or 100
-    c.eval_every_epochs = 20
-  return c
+from mexd.configs.fashion_mnist import get_config  # pylint: disable=unused-import

@@ -1,52 +1,7 @@
-"""Downsampled ImageNet (tfds imagenet_resized/64x64 or /32x32), 1000 classes.
+"""The `imagenet64` recipe, for `--config=configs/imagenet64.py[:arg]` in a checkout.
 
-TinyImageNet-size work (MATE evaluates on TinyImageNet, 64x64 images) and a
-stand-in for ImageNet that fits in host memory (1.28 M images of 64x64x3 are
-15 GiB as uint8; the in-memory loader refuses imagenet2012 at 224 px, ~180
-GiB, and mexd has no streaming JPEG pipeline yet):
-
-  python -m mexd.train --config=configs/imagenet64.py              # MATE
-  python -m mexd.train --config=configs/imagenet64.py:method=eed
-  python -m mexd.train --config=configs/imagenet64.py:res=32
-
-Data: `tfds build imagenet_resized/64x64 --file_format=array_record
---data_dir=DIR` then `--config.data.data_dir=DIR`; its "validation" split is
-the test set here, 10,000 train images are carved out for validation.
-
-Recipe: CIFAR-stem ResNet-18 (stride-1 stem, as for 64x64 TinyImageNet
-work) with BYOT heads after each stage, SGD 0.1 momentum 0.9 (Nesterov), wd
-5e-4, batch 256, 2 warm-up epochs then cosine over 40 epochs, pad-4 random
-crop and flips.
-
-Args: method (default mate), res (64 or 32), student (width-halved student
-for erde/kd), runlocal (1 epoch, batch 16).
+The recipe and its arguments live in mexd/configs/imagenet64.py, installed with the
+package (`--config=imagenet64[:arg]` works from any directory).
 """
 
-from mexd import config_lib
-
-
-def get_config(arg=None):
-  a = config_lib.parse_arg(arg, method="mate", res=64, student=False,
-                           runlocal=False)
-  if a.res not in (32, 64):
-    raise ValueError(f"res must be 32 or 64, got {a.res}")
-  c = config_lib.base_config()
-  c.data.name = f"tfds:imagenet_resized/{a.res}x{a.res}"
-  c.data.val_size = 10000
-  c.augment.crop_pad = 4
-  c.augment.flip = True
-  c.method = a.method
-  c.model.name = "resnet18_half" if a.student else "resnet18"
-  c.model.kwargs.head = "byot"
-  c.batch_size = 256
-  c.eval_batch_size = 1000
-  c.num_epochs = 40
-  c.optimizer.update(dict(name="sgd", lr=0.1, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4, schedule="cosine",
-                          warmup_epochs=2.0))
-  c.log_every_steps = 200
-  c.eval_every_epochs = 2
-  c.ckpt_every_steps = 2000
-  if a.runlocal:
-    config_lib.shrink_for_runlocal(c, eval_batch_size=100)
-  return c
+from mexd.configs.imagenet64 import get_config  # pylint: disable=unused-import

@@ -1,18 +1,7 @@
-"""SVHN (tfds svhn_cropped), ERDE's third data set: no flips for digits.
+"""The `svhn` recipe, for `--config=configs/svhn.py[:arg]` in a checkout.
 
-  python -m mexd.train --config=configs/svhn.py:method=ce --workdir=runs/svhn-teacher
-  python -m mexd.train --config=configs/svhn.py:method=erde,student=True \
-      --config.teacher_workdir=runs/svhn-teacher
+The recipe and its arguments live in mexd/configs/svhn.py, installed with the
+package (`--config=svhn[:arg]` works from any directory).
 """
 
-from mexd import config_lib
-
-cifar100 = config_lib.load_sibling(__file__, "cifar100")
-
-
-def get_config(arg=None):
-  a = config_lib.parse_arg(arg, **cifar100.ARGS)
-  c = cifar100.build(a, epochs=40, milestones=(20, 30))
-  c.data.name = "tfds:svhn_cropped"
-  c.augment.flip = False
-  return c
+from mexd.configs.svhn import get_config  # pylint: disable=unused-import

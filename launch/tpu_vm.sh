@@ -14,8 +14,8 @@
 #      VERSION [, --spot]).
 #   2. On every worker (gcloud compute tpus tpu-vm ssh --worker=all): fetch
 #      REPO at REF into ~/mexd, make a venv ~/mexd-venv, pip install
-#      "jax[tpu]" and the checkout; with a gs:// workdir, install gcsfuse and
-#      mount the bucket at ~/gcs/BUCKET.
+#      "jax[tpu]" and the checkout; with a gs:// workdir, also gcsfs and
+#      google-cloud-storage (the clients etils.epath and orbax use for gs://).
 #   3. On every worker at once: python -m mexd.train --multiprocess
 #      --config=CONFIG --workdir=WORKDIR [extra flags after --]. Worker 0
 #      prints the progress; with --detach the job runs under nohup (log in
@@ -23,11 +23,10 @@
 #
 # The workdir must be one folder that every worker sees: orbax writes one
 # checkpoint together from all workers, and process 0 writes the metrics.
-# Use an NFS / Filestore mount, or gs://BUCKET/PATH (mounted with gcsfuse on
-# each worker, since mexd writes its workdir with ordinary file calls). The
-# TPU's service account needs write access to the bucket. Re-running the
-# same command resumes from the newest checkpoint (also after a spot TPU was
-# preempted and recreated).
+# Use gs://BUCKET/PATH (mexd and orbax write the bucket directly, through
+# etils.epath; the TPU's service account needs write access to it) or an
+# NFS / Filestore mount. Re-running the same command resumes from the newest
+# checkpoint (also after a spot TPU was preempted and recreated).
 #
 # Flags (--flag=value or --flag value):
 #   --name NAME            TPU name (required).
@@ -101,24 +100,15 @@ if ((SPOT && !CREATE)); then die "--spot only applies with --create"; fi
 # Reads a heredoc into the variable $1 (also in the bash 3.2 of macOS).
 heredoc() { IFS= read -r -d '' "$1" || true; }
 
-# A gs:// workdir is reached through a gcsfuse mount on every worker.
-MOUNT_CMD=""
-RUN_WORKDIR=$(printf %q "$WORKDIR")
+# A gs:// workdir is written directly (etils.epath, orbax); every worker
+# needs the GCS clients for it.
+GCS_PKGS=""
 if [[ "$WORKDIR" == gs://* ]]; then
   path="${WORKDIR#gs://}"
-  BUCKET="${path%%/*}"
-  [[ -n "$BUCKET" ]] || die "--workdir=$WORKDIR has no bucket"
-  RUN_WORKDIR="\$HOME/gcs/$(printf %q "$path")"
-  heredoc MOUNT_CMD <<EOF
-if ! command -v gcsfuse >/dev/null; then
-  echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null
-  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
-  sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse
+  [[ -n "${path%%/*}" ]] || die "--workdir=$WORKDIR has no bucket"
+  GCS_PKGS=" gcsfs google-cloud-storage"
 fi
-mkdir -p "\$HOME/gcs/$BUCKET"
-mountpoint -q "\$HOME/gcs/$BUCKET" || gcsfuse --implicit-dirs $(printf %q "$BUCKET") "\$HOME/gcs/$BUCKET"
-EOF
-fi
+RUN_WORKDIR=$(printf %q "$WORKDIR")
 
 GCLOUD_TARGET=("$NAME" "--zone=$ZONE")
 if [[ -n "$PROJECT" ]]; then GCLOUD_TARGET+=("--project=$PROJECT"); fi
@@ -136,8 +126,7 @@ if [ ! -x "\$HOME/mexd-venv/bin/python" ]; then
   python3 -m venv "\$HOME/mexd-venv" || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv "\$HOME/mexd-venv"; }
 fi
 "\$HOME/mexd-venv/bin/pip" install -q -U pip
-"\$HOME/mexd-venv/bin/pip" install -q -e "\$HOME/mexd" "jax[tpu]"
-$MOUNT_CMD
+"\$HOME/mexd-venv/bin/pip" install -q -e "\$HOME/mexd" "jax[tpu]"$GCS_PKGS
 echo "\$(hostname): mexd \$(git rev-parse --short HEAD), \$("\$HOME/mexd-venv/bin/python" -c 'import jax; print("jax", jax.__version__)')"
 EOF
 

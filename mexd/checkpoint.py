@@ -9,7 +9,6 @@ written on 8 devices restores on 1 device and back.
 """
 
 import hashlib
-import os
 from typing import Any, Optional
 
 from absl import logging
@@ -17,15 +16,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mexd import paths
+
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
                  save_interval_steps: int = 1) -> ocp.CheckpointManager:
-  """The run's checkpoint manager (async saves, keeps the last k)."""
+  """The run's checkpoint manager (async saves, keeps the last k).
+
+  `workdir` is a local folder or a bucket URI (gs://BUCKET/PATH), which
+  orbax reaches through etils.epath and tensorstore.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
       create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+  return ocp.CheckpointManager(paths.path(workdir) / "checkpoints",
+                               options=options)
 
 
 def abstract_like(state, shardings) -> Any:

@@ -1,40 +1,162 @@
 """Pieces shared by the config files: defaults, method hyperparameters, args.
 
-A config file defines `get_config(arg=None)`; the string after ':' in
-`--config=configs/x.py:arg` selects a variant, e.g. `configs/cifar100.py:eed`
-or `configs/fashion_mnist.py:method=pl,limited=True`.
+A recipe (mexd/configs/<name>.py) defines `get_config(arg=None)`; the
+string after ':' in `--config=<name>:arg` selects a variant, e.g.
+`cifar100:eed` or `fashion_mnist:method=pl,setting=limited`, parsed by the
+one strict `parse_arg` that every recipe uses.
 """
+
+from typing import Optional, Sequence
 
 import ml_collections
 
 from mexd import losses
 
 
-def parse_arg(arg, **defaults):
-  """Parses "a=1,b=x" (or a bare "x" for the first key) into a ConfigDict.
+class Choice:
+  """A recipe argument with a fixed set of string values.
 
-  Values take the type of their default (bool accepts true/false/1/0).
+  `parse_arg(arg, setting=Choice("full", ("full", "limited")))`: the value
+  must be one of `values`, and a bare word equal to one of them selects it
+  (`:limited` means `setting=limited`).
   """
-  out = ml_collections.ConfigDict(defaults)
+
+  def __init__(self, default: str, values: Sequence[str]):
+    if default not in values:
+      raise ValueError(f"default {default!r} is not one of {tuple(values)}")
+    self.default, self.values = default, tuple(values)
+
+  def __repr__(self):
+    return "|".join(self.values)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _describe(defaults) -> str:
+  """'method=<str>, setting=full|limited, student (bool), epochs=<int>'."""
+  out = []
+  for k, d in defaults.items():
+    if isinstance(d, Choice):
+      out.append(f"{k}={d!r}")
+    elif isinstance(d, bool):
+      out.append(f"{k} (bool)")
+    else:
+      out.append(f"{k}=<{type(d).__name__}>")
+  return ", ".join(out)
+
+
+def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
+  """Parses a recipe's argument string, the text after ':' in --config.
+
+  `arg` is comma-separated items, each `key=value` or a bare word:
+
+  * a bare word that is a boolean key sets it to True (`:runlocal`);
+  * a bare word that is one of the values of a `Choice` key selects it
+    (`:limited` is `setting=limited`, `:eed` is `method=eed` when method is
+    a Choice);
+  * values take the type of their default; booleans accept
+    1/0/true/false/yes/no/on/off (any case), nothing else.
+
+  Anything else (an unknown key, a bare word that matches nothing, a value
+  that does not parse, a key given twice) raises a ValueError that lists the
+  valid arguments.
+
+  Args:
+    arg: the argument string, or None / "" for the defaults.
+    **defaults: key -> default value (bool, int, float, str or Choice).
+
+  Returns:
+    A ConfigDict of key -> parsed value (a Choice gives its string).
+
+  Examples:
+    >>> a = parse_arg("limited,epochs=3", setting=Choice("full", ("full",
+    ...               "limited")), runlocal=False, epochs=0)
+    >>> (a.setting, a.runlocal, a.epochs)
+    ('limited', False, 3)
+    >>> parse_arg("runlocal=ture", runlocal=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: config argument runlocal='ture' is not a boolean (use true or false); valid arguments: runlocal (bool)
+  """
+  out = ml_collections.ConfigDict({
+      k: d.default if isinstance(d, Choice) else d
+      for k, d in defaults.items()})
   if not arg:
     return out
-  first = next(iter(defaults)) if defaults else None
+  valid = _describe(defaults)
+  seen = set()
   for item in arg.split(","):
+    item = item.strip()
     key, sep, value = item.partition("=")
+    key = key.strip()
     if not sep:
-      key, value = first, item
+      matches = [k for k, d in defaults.items()
+                 if (isinstance(d, bool) and k == key)
+                 or (isinstance(d, Choice) and key in d.values)]
+      if len(matches) != 1:
+        what = "ambiguous" if matches else "unknown"
+        raise ValueError(f"{what} config argument {item!r}; valid arguments: "
+                         f"{valid}")
+      key, value = matches[0], ("true" if isinstance(defaults[matches[0]],
+                                                     bool) else key)
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid: "
-                       f"{', '.join(defaults)}")
+      hint = next((f" (did you mean {k}={key}, or the bare word {key}?)"
+                   for k, d in defaults.items()
+                   if isinstance(d, Choice) and key in d.values), "")
+      raise ValueError(f"unknown config argument {key!r}{hint}; valid "
+                       f"arguments: {valid}")
+    if key in seen:
+      raise ValueError(f"config argument {key!r} given twice in {arg!r}")
+    seen.add(key)
     default = defaults[key]
-    if isinstance(default, bool):
-      value = value.lower() in ("1", "true", "yes")
-    elif isinstance(default, int):
-      value = int(value)
-    elif isinstance(default, float):
-      value = float(value)
+    if isinstance(default, Choice):
+      if value not in default.values:
+        raise ValueError(f"config argument {key}={value!r} must be one of "
+                         f"{', '.join(default.values)}")
+    elif isinstance(default, bool):
+      if value.lower() not in _TRUE + _FALSE:
+        raise ValueError(f"config argument {key}={value!r} is not a boolean "
+                         f"(use true or false); valid arguments: {valid}")
+      value = value.lower() in _TRUE
+    elif isinstance(default, (int, float)):
+      try:
+        value = type(default)(value)
+      except ValueError:
+        raise ValueError(
+            f"config argument {key}={value!r} is not a valid "
+            f"{type(default).__name__}; valid arguments: {valid}") from None
     out[key] = value
   return out
+
+
+def recipe_args(**extra):
+  """The argument vocabulary every recipe shares, plus its own `extra`.
+
+  method (a mexd.losses name), student (the width-halved student network
+  for erde/kd), epochs (0: the recipe's default), runlocal (the 1-epoch
+  smoke test of `shrink_for_runlocal`). Recipes with a data-limited setting
+  add `setting=Choice("full", ("full", "limited"))` and `semisup`.
+  """
+  args = dict(method=Choice("pl", losses.method_names()), student=False,
+              epochs=0, runlocal=False)
+  for k, v in extra.items():
+    if k == "method" and isinstance(v, str):
+      v = Choice(v, losses.method_names())
+    args[k] = v
+  return args
+
+
+def finish_recipe(c, a, **runlocal_kw):
+  """Applies the shared arguments `epochs` and `runlocal` to recipe `c`."""
+  if a.get("epochs"):
+    if a.epochs < 0:
+      raise ValueError(f"config argument epochs={a.epochs} must be >= 0")
+    c.num_epochs = a.epochs
+  if a.get("runlocal"):
+    shrink_for_runlocal(c, **runlocal_kw)
+  return c
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -136,19 +258,3 @@ def shrink_for_runlocal(config, *, batch_size: int = 16,
   config.eval_batch_size = eval_batch_size
   config.log_every_steps = 5
   return config
-
-
-def load_sibling(this_file: str, name: str):
-  """Imports config module `name`.py from the folder of `this_file`.
-
-  Lets a config build on another (configs/cifar10.py on cifar100.py) however
-  the file was loaded (by path through --config, or as a module).
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.abspath(this_file)),
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"mexd_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module

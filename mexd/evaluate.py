@@ -14,7 +14,7 @@ Reported:
 1. anytime: test accuracy of every exit and the cumulative cost of reaching
    it (MACs of the compiled cascade that runs stages 0..k with every head, per
    image, from XLA's cost analysis; see mexd/models/costs.py);
-2. budgeted batch (MSDNet protocol, METHODS.md 6.2): thresholds from
+2. budgeted batch (MSDNet protocol, docs/methods.md §6.2): thresholds from
    validation for p = j/20, accuracy and average cost on test, per policy;
 3. calibration to user targets on validation only: average-cost budgets
    (fractions of the full cost) and an accuracy-drop tolerance eps, with the
@@ -25,7 +25,6 @@ Reported:
    the one-pass network, next to the ideal speed-up of the cost model.
 """
 
-import json
 import os
 import time
 from typing import Any, Dict, Sequence
@@ -40,6 +39,7 @@ from mexd import data as data_lib
 from mexd import early_exit as ee
 from mexd import errors
 from mexd import hostmem
+from mexd import paths
 from mexd import sharding
 from mexd import steps
 from mexd import train
@@ -131,7 +131,7 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
   config = workdir_lib.load_config(workdir)
   variables = workdir_lib.load_variables(workdir)
   splits, indices = data_lib.load_splits(config.data)
-  saved = np.load(os.path.join(workdir, "splits.npz"))
+  saved = paths.load_npz(paths.path(workdir) / "splits.npz")
   if not np.array_equal(saved["val"], indices["val"]):
     raise ValueError(f"the validation split recomputed for {workdir} differs "
                      "from the one saved in splits.npz; the data set changed")
@@ -218,25 +218,24 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
                              / res["accuracy_drop"]["ideal_speedup"],
         "agreement_with_simulation": same}
 
-  out = os.path.join(workdir, "eval")
-  os.makedirs(out, exist_ok=True)
+  out = paths.path(workdir) / "eval"
+  out.mkdir(parents=True, exist_ok=True)
   if plots:
     ee.plot_exit_accuracy(res["anytime"]["test_acc"],
-                          os.path.join(out, "anytime.png"))
-    ee.plot_accuracy_cost(curves, os.path.join(out, "budget.png"),
+                          os.fspath(out / "anytime.png"))
+    ee.plot_accuracy_cost(curves, os.fspath(out / "budget.png"),
                           xlabel="average MACs per image",
                           anytime=(macs, np.asarray(
                               res["anytime"]["test_acc"])))
-  with open(os.path.join(out, "eval.json"), "w") as f:
-    json.dump(res, f, indent=2)
+  paths.write_json(out / "eval.json", res, indent=2)
   policy = {"policy": chosen_policy, "thresholds": _tolist(cal.thresholds),
             "exit_macs": _tolist(macs), "eps": eps, "delta": delta,
             "val_accuracy": float(cal.val_accuracy),
             "image_shape": list(tr.image_shape), "mean": list(tr.mean),
             "std": list(tr.std), "num_classes": tr.num_classes,
             "model": config.model.name}
-  with open(os.path.join(workdir, "exit_policy.json"), "w") as f:
-    json.dump(policy, f, indent=2)
+  paths.write_json(paths.path(workdir) / "exit_policy.json", policy,
+                   indent=2)
   return res
 
 
@@ -269,7 +268,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "Work directory of a training run.",
+  flags.DEFINE_string("workdir", None, "Work directory of a training run "
+                      "(a local folder or gs://BUCKET/PATH).",
                       required=True)
   flags.DEFINE_list("policies", ["max_prob", "entropy", "margin", "patience"],
                     "Exit policies to compare.")

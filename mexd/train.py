@@ -5,14 +5,14 @@ distillation on scikit-learn's bundled digits (configs/digits.py) and prints
 the per-exit accuracy. The same command scales from a CPU laptop to a TPU pod
 slice: the global batch is sharded over every device of every host.
 
-The work directory holds: config.json, splits.npz (the seeded split
-indices), checkpoints/ (orbax), metrics.jsonl (+ tb/ TensorBoard events) and
-results.json (final per-exit accuracy). Re-running the same command resumes
-from the newest checkpoint.
+The work directory (a local folder or gs://BUCKET/PATH; all its I/O goes
+through etils.epath, see mexd/paths.py) holds: config.json, splits.npz (the
+seeded split indices), checkpoints/ (orbax), metrics.jsonl (+ tb/ TensorBoard
+events) and results.json (final per-exit accuracy). Re-running the same
+command resumes from the newest checkpoint.
 """
 
 import functools
-import json
 import os
 import signal
 import sys
@@ -30,6 +30,7 @@ import numpy as np
 
 from mexd import checkpoint
 from mexd import config_lib
+from mexd import configs
 from mexd import data as data_lib
 from mexd import errors
 from mexd import hostmem
@@ -37,6 +38,7 @@ from mexd import losses
 from mexd import metrics as metrics_lib
 from mexd import models
 from mexd import optim
+from mexd import paths
 from mexd import sharding
 from mexd import state as state_lib
 from mexd import steps
@@ -44,9 +46,7 @@ from mexd import workdir as workdir_lib
 from mexd import xla_options
 from mexd.data import pipeline
 
-_DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-    "digits.py")
+_DEFAULT_CONFIG = configs.path("digits")
 
 
 def build_model(config, num_classes: int):
@@ -310,6 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         manager.wait_until_finished()
         if bar is not None:
           bar.close()
+        writer.close()  # On a bucket, uploads the rows still in memory.
         logging.warning("Stopped at step %d after SIGTERM.", done)
         raise SystemExit(143)
   if bar is not None:
@@ -326,8 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       lambda x: np.asarray(x).tolist(), jax.device_get(state.method_state))
   results["skipped_steps"] = int(jax.device_get(state.skipped))
   if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    paths.write_json(paths.path(workdir) / "results.json", results, indent=2)
     print(f"\nPer-exit top-1 accuracy ({config.data.name}, method "
           f"{config.method}, {total_steps} steps, {train_seconds:.1f}s):")
     print(format_table({"val": results["val"], "test": results["test"]}))
@@ -361,10 +361,12 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   config_flags.DEFINE_config_file(
-      "config", _DEFAULT_CONFIG, "Config file (get_config(arg)); "
-      "'path.py:arg' selects a variant.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Work directory (default: "
-                      "runs/<data>-<method>).")
+      "config", _DEFAULT_CONFIG, "Recipe: an installed name "
+      f"({', '.join(configs.names())}) or a config file defining "
+      "get_config(arg); 'NAME:arg' or 'path.py:arg' selects a variant.",
+      lock_config=True)
+  flags.DEFINE_string("workdir", None, "Work directory: a local folder or "
+                      "gs://BUCKET/PATH (default: runs/<data>-<method>).")
   flags.DEFINE_bool("overwrite", False, "Start afresh in a workdir that "
                     "holds a run of another config (old checkpoints are "
                     "moved aside).")
@@ -402,6 +404,11 @@ def main(argv):
     train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with `--config=NAME` resolved (mexd.configs)."""
+  return FLAGS(configs.resolve_argv(argv))
+
+
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

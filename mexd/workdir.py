@@ -3,26 +3,28 @@
 `prepare` writes config.json and splits.npz, and refuses a directory that
 holds a run of a different config (so a typo cannot train over results).
 `load_config` / `load_variables` read a run back (evaluation, ERDE teacher).
+The work directory is a local folder or a bucket URI (gs://BUCKET/PATH); all
+of its I/O goes through etils.epath (mexd/paths.py).
 """
 
 import json
-import os
-import shutil
 import time
 from typing import Dict, List
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from mexd import checkpoint
+from mexd import paths
 
 # Fields that may differ between a run and its resumption (they change how a
 # run is watched or laid out over devices, not what it computes).
-_RESUMABLE = ("progress_bar", "log_every_steps", "eval_every_epochs",
-              "ckpt_every_steps", "keep_checkpoints", "eval_batch_size",
-              "num_devices")
+RESUMABLE_FIELDS = ("progress_bar", "log_every_steps", "eval_every_epochs",
+                    "ckpt_every_steps", "keep_checkpoints", "eval_batch_size",
+                    "num_devices")
 
 
 class WorkdirError(ValueError):
@@ -39,12 +41,12 @@ def _drop_none(d):
 def config_diff(old: Dict, new: Dict) -> List[str]:
   """Top-level fields in which two config dicts differ for resumption.
 
-  Fields of `_RESUMABLE` are ignored, and so are unset (None) values, so a
-  run saved before a new optional field existed still resumes.
+  Fields of `RESUMABLE_FIELDS` are ignored, and so are unset (None) values,
+  so a run saved before a new optional field existed still resumes.
   """
   old, new = _drop_none(old), _drop_none(new)
   return sorted(k for k in set(old) | set(new)
-                if k not in _RESUMABLE and old.get(k) != new.get(k))
+                if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
 
 
 def config_to_dict(config) -> Dict:
@@ -59,11 +61,11 @@ def prepare(workdir: str, config, split_indices: Dict[str, np.ndarray], *,
     WorkdirError: the directory holds a run of a different config and
       `overwrite` is False.
   """
-  path = os.path.join(workdir, "config.json")
+  wd = paths.path(workdir)
+  path = wd / "config.json"
   new = config_to_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  if path.exists():
+    old = paths.read_json(path)
     diff = config_diff(old, new)
     if diff:
       if not overwrite:
@@ -72,26 +74,36 @@ def prepare(workdir: str, config, split_indices: Dict[str, np.ndarray], *,
             f"{', '.join(diff)}). Use another --workdir, or pass --overwrite "
             "to move the old run aside and start afresh.")
       if jax.process_index() == 0:
-        aside = os.path.join(workdir, f"replaced-{int(time.time())}")
-        os.makedirs(aside)
-        for name in os.listdir(workdir):
-          if not name.startswith("replaced-"):
-            shutil.move(os.path.join(workdir, name), aside)
+        _move_aside(wd)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(new, f, indent=2, sort_keys=True)
-    np.savez(os.path.join(workdir, "splits.npz"), **split_indices)
+    wd.mkdir(parents=True, exist_ok=True)
+    paths.write_json(path, new, indent=2, sort_keys=True)
+    paths.save_npz(wd / "splits.npz", **split_indices)
+
+
+def _move_aside(wd: epath.Path):
+  """Moves all of `wd` but earlier replaced-* folders to wd/replaced-<time>/.
+
+  config.json goes first, copied then deleted: on an object store a folder
+  exists only once it holds a file, and epath renames only into a folder
+  that exists.
+  """
+  aside = wd / f"replaced-{int(time.time())}"
+  aside.mkdir()
+  (wd / "config.json").copy(aside / "config.json")
+  (wd / "config.json").unlink()
+  for child in sorted(wd.iterdir()):
+    if not child.name.startswith("replaced-"):
+      child.rename(aside / child.name)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The ConfigDict saved in `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.path(workdir) / "config.json"
+  if not path.exists():
     raise WorkdirError(f"{workdir} is not a mexd run (no config.json); "
                        "pass the --workdir of a training run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def load_variables(workdir: str):
@@ -100,8 +112,8 @@ def load_variables(workdir: str):
   Restored as host numpy arrays (the layout of the saving run does not
   matter), so any device count can use them.
   """
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = paths.path(workdir) / "checkpoints"
+  if not ckpt_dir.is_dir():
     raise WorkdirError(f"{workdir} has no checkpoint (no {ckpt_dir}); train "
                        "it first with python -m mexd.train "
                        f"--workdir={workdir}")

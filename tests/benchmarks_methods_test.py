@@ -76,19 +76,48 @@ def test_expand_methods_and_configs(methods):
   fm = methods.make_config("fashion_mnist", "limited", "ce_student", 0, 2)
   assert fm.method == "ce" and fm.data.unlabeled_batch == 0
   assert tuple(fm.model.kwargs.widths) == (8, 16, 32, 64)
+  # The labeled subset is drawn per seed in the limited setting only.
+  assert semi.data.split_seed == plain.data.split_seed == 1
+  assert methods.make_config("digits", "full", "pl", 3).data.split_seed == 0
+  assert methods.make_config("digits", "limited", "pl", 3,
+                             split_per_seed=False).data.split_seed == 0
+  # Equal optimizer steps: 1,000 labeled rows, batch 128 (64 unlabeled):
+  # 7 steps / epoch labeled-only, 15 semi-supervised: 100 -> 47 epochs.
+  eq = methods.make_config("fashion_mnist", "limited", "pl_semisup_eqsteps", 0)
+  full = methods.make_config("fashion_mnist", "limited", "pl_semisup", 0)
+  assert (full.num_epochs, eq.num_epochs) == (100, 47)
+  assert eq.data.unlabeled_batch == 64
+  arch = methods.make_config("fashion_mnist", "limited", "ce_student", 0,
+                             model=methods.parse_model(
+                                 "head=conv,downsample=maxpool,widths=(1, 2)"))
+  assert (arch.model.kwargs.head, arch.model.kwargs.downsample) == (
+      "conv", "maxpool")
+  assert tuple(arch.model.kwargs.widths) == (8, 16, 32, 64)  # Student's.
+  assert methods.parse_model("widths=(4, 8),head=conv") == {
+      "widths": (4, 8), "head": "conv"}
   assert methods.parse_epochs("full=2,limited=5") == {"full": 2, "limited": 5}
   assert methods.parse_epochs("7") == {"*": 7}
 
 
 def test_plan_is_seed_major_and_waits_for_teachers(methods, tmp_path):
   tasks = methods.plan("digits", ["full", "limited"], ["erde", "pl_semisup"],
-                       [0, 1], {}, str(tmp_path), curve_seed=0, with_kd=False)
+                       [0, 1], {}, str(tmp_path), with_kd=False)
   names = [(t["seed"], t["setting"], t["method"]) for t in tasks]
   assert names[:4] == [(0, "full", "ce"), (0, "full", "ce_student"),
                        (0, "full", "erde"), (0, "limited", "ce")]
   assert not tasks[0]["table_row"] and tasks[1]["table_row"]
   assert tasks[2]["teacher_workdir"] == methods.run_dir(
-      str(tmp_path), "digits", "full", "ce", 0)
+      str(tmp_path), "full", "ce", 0)
+  # A longer teacher budget is its own row; teacher_seed shares one.
+  shared = methods.plan("digits", ["full"], ["erde"], [0, 1], {"*": 2},
+                        str(tmp_path), with_kd=False, teacher_epochs=5,
+                        teacher_seed=0)
+  names = [(t["seed"], t["method"], t["epochs"]) for t in shared]
+  assert names == [(0, "ce_teacher", 5), (0, "ce_student", 2),
+                   (0, "erde", 2), (1, "ce_student", 2), (1, "erde", 2)]
+  assert shared[0]["table_row"]
+  assert shared[4]["teacher_workdir"] == methods.run_dir(
+      str(tmp_path), "full", "ce_teacher", 0)
   order = []
   fake = lambda t: order.append(t["method"]) or {"method": t["method"]}
   methods.run_one, real = fake, methods.run_one
@@ -111,27 +140,61 @@ def fast_compile():
 def test_one_run_writes_json_markdown_and_resumes(methods, tmp_path,
                                                   fast_compile):
   del fast_compile
-  first = methods.plan("digits", ["limited"], ["ce"], [0], {"*": 1},
-                       str(tmp_path / "runs"), curve_seed=0)
-  assert len(first) == 1
+  first = methods.plan("digits", ["limited"], ["ce", "pl"], [0, 1],
+                       {"*": 1}, str(tmp_path / "runs"),
+                       ledger=str(tmp_path / "ledger"))
+  assert len(first) == 4
   records = methods.run_tasks(first, 1, lambda r: None)
-  assert "error" not in records[0], records[0].get("error")
+  assert all("error" not in r for r in records), records
   assert records[0]["reused"] is False
   args = {"data": "digits", "out": str(tmp_path / "out"),
           "command": "python benchmarks/methods.py --test", "flags": {}}
-  report = methods.build_report(records, args, 1.0, 0, True)
+  report = methods.build_report(records, args, 1.0, True)
   methods.write_outputs(report, str(tmp_path / "docs"), plots=True)
   with open(tmp_path / "out" / "methods_digits.json") as f:
     saved = json.load(f)
   acc = saved["aggregates"]["limited"]["ce"]["test_acc"]
-  assert len(acc["mean"]) == 3 and acc["n"] == 1
+  assert len(acc["mean"]) == 3 and acc["n"] == 2
   assert saved["runs"][0]["steps"] >= 1 and saved["git"]["commit"]
-  assert len(saved["curves"]["limited"]["ce"]["exit_macs"]) == 3
-  assert (tmp_path / "out" / "methods_digits_limited_exits.png").exists()
+  # The paired difference is the mean of the per-seed differences.
+  by = {(r["method"], r["seed"]): np.asarray(r["test_acc"])
+        for r in saved["runs"]}
+  want = ((by["pl", 0] - by["ce", 0]) + (by["pl", 1] - by["ce", 1])) / 2
+  diff = saved["aggregates"]["limited"]["pl"]["diff"]
+  np.testing.assert_allclose(diff["mean"], want, atol=1e-12)
+  assert diff["reference"] == "ce" and diff["n"] == 2
+  assert any(c["claim"].startswith("early exits gain")
+             for c in saved["claims"])
+  curves = saved["curves"]["limited"]["ce"]
+  assert len(curves["exit_macs"]) == 3 and curves["seeds"] == [0, 1]
+  np.testing.assert_allclose(
+      curves["anytime_mean"], (by["ce", 0] + by["ce", 1]) / 2, atol=1e-12)
+  for kind in ("exits", "diff", "anytime", "budget"):
+    assert (tmp_path / "out" / f"methods_digits_limited_{kind}.png").exists()
   md = (tmp_path / "docs" / "results_digits.md").read_text()
   assert "## Setting: limited" in md and "| ce |" in md
+  assert "## Claims of the seed papers" in md and "| pl | ce |" in md
   assert "python benchmarks/methods.py --test" in md
-  # Resumable: the finished run is read back, not retrained.
+  # Resumable: the finished run is read back from its workdir, not
+  # retrained; and from the ledger alone once the workdirs are gone.
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "ledger")
   again = methods.run_tasks(first, 1, lambda r: None)
-  assert again[0]["reused"] is True
+  assert [r["reused"] for r in again] == [True] * 4
   assert again[0]["test_acc"] == records[0]["test_acc"]
+  shutil.rmtree(tmp_path / "runs")  # The ledger was rewritten meanwhile.
+  third = methods.run_tasks(first, 1, lambda r: None)
+  assert [r["reused"] for r in third] == ["ledger"] * 4
+  assert third[3]["test_acc"] == records[3]["test_acc"]
+  assert third[3]["curves"] == records[3]["curves"]
+
+
+def test_ledger_config_diff(methods):
+  old = {"a": 1, "b": {"c": [1, 2], "d": None}, "progress_bar": True}
+  # Added fields, unset values and resumable fields do not invalidate a run.
+  assert methods.ledger_config_diff(old, {
+      "a": 1, "b": {"c": (1, 2), "e": 5}, "progress_bar": False,
+      "new": 3}) == []
+  assert methods.ledger_config_diff(old, {"a": 2, "b": {"c": [1, 3]}}) == [
+      "a", "b.c"]
+  assert methods.ledger_config_diff(old, {"b": {"c": [1, 2]}}) == ["a"]

@@ -1,4 +1,4 @@
-"""Every recipe in configs/ builds, validates and traces (no training).
+"""Every recipe of mexd.configs builds, validates and traces (no training).
 
 For each config file and its variants: the config passes `validate`, its
 method builds with the config's hyperparameters, its model initialises
@@ -7,6 +7,7 @@ under `jax.eval_shape` at the data set's image size and returns logits of
 CIFAR recipe end to end (with a small model, for time).
 """
 
+import importlib.util
 import os
 
 import jax
@@ -14,10 +15,12 @@ import jax.numpy as jnp
 import pytest
 
 from mexd import config_lib
+from mexd import configs
 from mexd import train
 from mexd.data import mock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKOUT_CONFIGS = os.path.join(REPO, "configs")
 
 # data name -> (image shape, classes)
 SHAPES = {
@@ -30,8 +33,8 @@ SHAPES = {
 }
 
 VARIANTS = [
-    ("digits", ""), ("digits", "limited=True"),
-    ("fashion_mnist", ""), ("fashion_mnist", "method=eed,limited=True"),
+    ("digits", ""), ("digits", "limited"), ("digits", "method=erde,student"),
+    ("fashion_mnist", ""), ("fashion_mnist", "method=eed,setting=limited"),
     ("fashion_mnist", "method=erde,student=True"),
     ("cifar100", ""), ("cifar100", "mate"), ("cifar100", "pl"),
     ("cifar100", "method=pl,semisup=True"),
@@ -44,9 +47,7 @@ VARIANTS = [
 
 
 def load(name, arg):
-  module = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
-                                   name)
-  return module.get_config(arg)
+  return configs.load(name, arg)
 
 
 @pytest.mark.parametrize("name,arg", VARIANTS)
@@ -68,8 +69,7 @@ def test_recipe_builds_and_traces(name, arg):
   assert method.needs_teacher == (c.method in ("erde", "kd"))
 
 
-@pytest.mark.parametrize("name,arg", [
-    v for v in VARIANTS if v[0] not in ("digits", "fashion_mnist")])
+@pytest.mark.parametrize("name,arg", VARIANTS)
 def test_runlocal_variant_validates(name, arg):
   # benchmarks/recipes.py trains these; a runlocal batch of 16 once kept the
   # semi-supervised recipe's 32 unlabeled rows.
@@ -86,6 +86,14 @@ def test_runlocal_keeps_the_unlabeled_share():
 def test_unknown_config_argument_is_refused():
   with pytest.raises(ValueError, match="unknown config argument 'methd'"):
     load("cifar100", "methd=eed")
+  with pytest.raises(ValueError, match="unknown config argument 'limted'"):
+    load("digits", "limted")
+  with pytest.raises(ValueError, match="did you mean setting=limited"):
+    load("digits", "limited=ture")
+  with pytest.raises(ValueError, match="semisup='ture' is not a boolean"):
+    load("fashion_mnist", "setting=limited,semisup=ture")
+  with pytest.raises(ValueError, match="method='eeed' must be one of"):
+    load("cifar100", "method=eeed")
   with pytest.raises(ValueError, match="res must be 32 or 64"):
     load("imagenet64", "res=128")
 
@@ -107,3 +115,65 @@ def test_cifar_recipe_trains_on_a_mock_archive(tmp_path):
   res = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert res["steps"] == 6 * (300 // 32)
   assert res["test"]["acc"][-1] > 0.3, res["test"]  # Chance: 0.1.
+
+
+def test_bare_word_variants_select_the_documented_setting():
+  # The form the README and the recipes' docstrings show.
+  c = load("digits", "limited")
+  assert c.data.labeled_per_class == 10 and c.data.unlabeled_batch == 32
+  assert load("digits", "").data.labeled_per_class is None
+  c = load("digits", "limited,semisup=False")
+  assert (c.data.unlabeled_pool, c.data.unlabeled_batch) == (False, 0)
+  c = load("fashion_mnist", "limited")
+  assert c.data.labeled_per_class == 100 and c.data.unlabeled_batch == 64
+  assert load("cifar100", "byot").method == "byot"
+  assert load("cifar100", "pl").model.name == "msdnet_cifar"
+  assert load("fashion_mnist", "student").model.kwargs.widths == (
+      8, 16, 32, 64)
+
+
+def test_shared_arguments_epochs_and_runlocal_in_every_recipe():
+  for name in configs.names():
+    c = load(name, "epochs=3")
+    assert c.num_epochs == 3, name
+    assert load(name, "runlocal").num_epochs == 1, name
+
+
+@pytest.mark.parametrize("spec,want", [
+    ("cifar100", "cifar100.py"), ("cifar100:eed", "cifar100.py:eed"),
+    ("digits:limited,epochs=2", "digits.py:limited,epochs=2")])
+def test_resolve_maps_names_to_installed_files(spec, want):
+  out = configs.resolve(spec)
+  assert out == os.path.join(os.path.dirname(configs.__file__), want)
+  assert os.path.exists(out.split(":")[0])
+
+
+def test_resolve_keeps_user_files_and_maps_missing_checkout_paths(tmp_path,
+                                                                 monkeypatch):
+  mine = tmp_path / "mine.py"
+  mine.write_text("def get_config(arg=None):\n  return None\n")
+  assert configs.resolve(f"{mine}:x") == f"{mine}:x"
+  monkeypatch.chdir(tmp_path)  # No configs/ folder here.
+  assert configs.resolve("configs/digits.py:limited") == (
+      configs.path("digits") + ":limited")
+  assert configs.resolve("configs/nope.py") == "configs/nope.py"
+  with pytest.raises(ValueError, match="installed recipes: .*digits"):
+    configs.path("nope")
+  argv = ["prog", "--config", "digits", "--config.seed=1"]
+  assert configs.resolve_argv(argv)[2] == configs.path("digits")
+
+
+def test_checkout_configs_are_the_installed_recipes():
+  """configs/<name>.py of the repository re-exports mexd/configs/<name>.py."""
+  if not os.path.isdir(CHECKOUT_CONFIGS):
+    pytest.skip("not a checkout")
+  files = sorted(f[:-3] for f in os.listdir(CHECKOUT_CONFIGS)
+                 if f.endswith(".py"))
+  assert files == configs.names()
+  for name in files:
+    spec = importlib.util.spec_from_file_location(
+        f"checkout_{name}", os.path.join(CHECKOUT_CONFIGS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config("epochs=2").to_dict() == load(
+        name, "epochs=2").to_dict()

@@ -4,11 +4,9 @@ import os
 
 import pytest
 
-from mexd import config_lib
+from mexd import configs
 from mexd import train
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "x.py")
 DATA = "/usr/share/datasets/fashion-mnist"
 
 
@@ -16,8 +14,7 @@ DATA = "/usr/share/datasets/fashion-mnist"
     not os.path.exists(os.path.join(DATA, "train-images-idx3-ubyte.gz")),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_short_run_on_real_fashion_mnist_beats_chance(tmp_path):
-  c = config_lib.load_sibling(CONFIGS, "fashion_mnist").get_config(
-      "method=pl")
+  c = configs.load("fashion_mnist", "method=pl")
   c.data.labeled_per_class = 100  # A 1,000-image slice of the real train set.
   c.data.val_size = 1000
   c.num_epochs = 4

@@ -318,11 +318,13 @@ def test_tpu_vm_commands(tmp_path):
     assert check.returncode == 0, (cmd, check.stderr)
   assert "git remote add origin https://github.com/mexd/mexd.git" in setup_cmd
   assert "git fetch -q --depth 1 origin my-branch" in setup_cmd
-  assert 'pip" install -q -e "$HOME/mexd" "jax[tpu]"' in setup_cmd
-  assert 'gcsfuse --implicit-dirs bucket "$HOME/gcs/bucket"' in setup_cmd
+  # A gs:// workdir is passed as it is (no gcsfuse mount), with the clients.
+  assert ('pip" install -q -e "$HOME/mexd" "jax[tpu]" gcsfs '
+          'google-cloud-storage\n') in setup_cmd
+  assert "gcsfuse" not in setup_cmd
   assert run_cmd.endswith(
       "python -m mexd.train --multiprocess "
-      "--config=configs/cifar100.py:byot --workdir=$HOME/gcs/bucket/runs/c100"
+      "--config=configs/cifar100.py:byot --workdir=gs://bucket/runs/c100"
       r" --config.num_epochs=3 --config.method=a\ b")
 
 
@@ -350,6 +352,7 @@ def test_tpu_vm_dry_run_runs_nothing(tmp_path):
     (["--name=t", "--zone=z"], "--workdir is required"),
     (["--name=t", "--zone=z", "--workdir=w", "--bogus=1"], "unknown flag"),
     (["--name=t", "--zone=z", "--workdir=w", "--spot"], "--spot only"),
+    (["--name=t", "--zone=z", "--workdir=gs:///runs"], "has no bucket"),
 ])
 def test_tpu_vm_flag_errors(flags, message):
   out = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), *flags],

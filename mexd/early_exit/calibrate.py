@@ -4,8 +4,9 @@ Every function here takes validation arrays only and returns thresholds `[E]`
 (float32, last entry -inf) that `policies.simulate` or `staged.StagedPredictor`
 then apply to test data. Three protocols:
 
-  * `msdnet_sweep`: MSDNet budgeted batch classification (METHODS.md 6.2),
-    one threshold vector per geometric exit distribution q_k ~ p^(k+1).
+  * `msdnet_sweep`: MSDNet budgeted batch classification (docs/methods.md
+    §6.2), one threshold vector per geometric exit distribution
+    q_k ~ p^(k+1).
   * `calibrate_budget`: best validation accuracy with validation average cost
     <= B, over a shared threshold and the MSDNet geometric family.
   * `calibrate_accuracy_drop`: the most aggressive shared threshold whose
@@ -26,7 +27,8 @@ from mexd.early_exit import policies
 
 Array = Any
 
-DEFAULT_PS = tuple(j / 20 for j in range(1, 41))  # METHODS.md 6.2: j = 1..40
+# docs/methods.md §6.2: p = j / 20, j = 1..40.
+DEFAULT_PS = tuple(j / 20 for j in range(1, 41))
 
 
 class Calibration(NamedTuple):
@@ -138,7 +140,7 @@ def _result(s, correct, costs, thresholds, family, param, **info):
 
 
 # ----------------------------------------------------------------------------
-# MSDNet budgeted batch classification (METHODS.md 6.2).
+# MSDNet budgeted batch classification (docs/methods.md §6.2).
 
 
 def msdnet_proportions(p: float, num_exits: int) -> np.ndarray:

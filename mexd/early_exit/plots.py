@@ -1,14 +1,15 @@
 """PNG plots of early-exit results (matplotlib, Agg canvas, no pyplot state).
 
-  >>> plot_accuracy_cost({"max_prob": (costs, accs), "entropy": (c2, a2)},
-  ...                    "runs/acc_vs_cost.png", xlabel="MFLOPs")
-  >>> plot_exit_accuracy({"P&L": acc_pl, "baseline": acc_base},
-  ...                    "runs/exit_acc.png")
+  plot_accuracy_cost({"max_prob": (costs, accs), "entropy": (c2, a2)},
+                     "runs/acc_vs_cost.png", xlabel="MFLOPs")
+  plot_exit_accuracy({"P&L": acc_pl, "baseline": acc_base},
+                     "runs/exit_acc.png")
 """
 
-import os
+import io
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
@@ -17,11 +18,17 @@ Curve = Tuple[Sequence[float], Sequence[float]]
 
 
 def _save(fig: Figure, path: str) -> str:
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
+  """Saves `fig` to `path` (a local path or a URI such as gs://...).
+
+  The format follows the suffix (.png, .pdf, .svg, ...), as savefig does.
+  """
+  out = epath.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  buf = io.BytesIO()
+  fig.savefig(buf, format=out.suffix[1:].lower() or None, dpi=120,
+              bbox_inches="tight")
+  out.write_bytes(buf.getvalue())
   return path
 
 

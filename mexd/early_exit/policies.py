@@ -16,11 +16,11 @@ Probabilities instead of logits: pass `jnp.log(probs)`; softmax of log-probs
 returns the probabilities. All functions are pure and jit-compatible (the
 policy name must be static).
 
-Example:
-  >>> s = scores(logits, "entropy")                  # [E, N]
-  >>> out = simulate(logits, labels, [-0.5, -0.5, -jnp.inf], "entropy",
-  ...                exit_costs=[1.0, 2.0, 3.0])
-  >>> out["accuracy"], out["avg_cost"], out["exit_fraction"]
+Usage (logits [E, N, C], labels [N]):
+  s = scores(logits, "entropy")                  # [E, N]
+  out = simulate(logits, labels, [-0.5, -0.5, -jnp.inf], "entropy",
+                 exit_costs=[1.0, 2.0, 3.0])
+  out["accuracy"], out["avg_cost"], out["exit_fraction"]
 """
 
 import functools

@@ -19,10 +19,10 @@ stays on the device. The predictions equal
 `MultiExitModel` is the loop over `stage` and each row is computed
 independently (eval mode).
 
-Example:
-  >>> pred = StagedPredictor(model, variables, thresholds, "max_prob")
-  >>> predictions, exits = pred(images)           # [N], [N]
-  >>> label, exit_k = pred.predict_one(images[0])  # batch-size-1 latency path
+Usage:
+  pred = StagedPredictor(model, variables, thresholds, "max_prob")
+  predictions, exits = pred(images)           # [N], [N]
+  label, exit_k = pred.predict_one(images[0])  # batch-size-1 latency path
 """
 
 import collections

@@ -1,8 +1,8 @@
 """Baselines: cross-entropy on every exit (uniform and SDN weights), BYOT.
 
-METHODS.md §5. Distillation values are reported as KL (METHODS.md §7); the
-authors' soft cross-entropy differs by the teacher entropy only, so the
-gradients are the same.
+docs/methods.md §5. Distillation values are reported as KL (docs/methods.md
+§7); the authors' soft cross-entropy differs by the teacher entropy only, so
+the gradients are the same.
 """
 
 from typing import Optional, Sequence, Tuple
@@ -65,7 +65,7 @@ def make_ce(*, exit_weights: Optional[Sequence[float]] = None
   return common.Method(name="ce", loss_fn=loss_fn)
 
 
-# SDN (Kaya et al., 2019), METHODS.md §5.1. ----------------------------------
+# SDN (Kaya et al., 2019), docs/methods.md §5.1. -----------------------------
 
 # The official list has 6 internal classifiers (ICs) with
 # tau_max = 0.15 * (i + 1); other counts use the same rule, capped at the
@@ -137,7 +137,7 @@ def make_sdn(*, tau_max: Optional[Sequence[float]] = None) -> common.Method:
   return common.Method(name="sdn", loss_fn=loss_fn)
 
 
-# BYOT (Zhang et al., 2019), METHODS.md §5.2. --------------------------------
+# BYOT (Zhang et al., 2019), docs/methods.md §5.2. ---------------------------
 
 
 def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,

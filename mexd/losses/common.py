@@ -1,6 +1,6 @@
 """Shared pieces of every training objective: per-example terms and reductions.
 
-Notation (../shared/METHODS.md §0): `logits` z is `[E, B, C]` (exits stacked,
+Notation (docs/methods.md §0): `logits` z is `[E, B, C]` (exits stacked,
 deepest last); `labels` y is `[B]` int with `-1` marking an unlabeled example.
 Per-example terms come back as `[E, B]` and the method reduces them.
 """

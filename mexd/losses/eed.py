@@ -1,4 +1,4 @@
-"""Exit-Ensemble Distillation (Lee & Lee, 2021), METHODS.md §2.1.
+"""Exit-Ensemble Distillation (Lee & Lee, 2021), docs/methods.md §2.
 
 Every exit, the final one included, is trained with cross-entropy and is
 distilled towards the stop-gradient *ensemble* of all exits: the mean of the
@@ -10,9 +10,9 @@ mean of the exit features (partial-L2 feature distillation):
 
 with `f_ens = sg(mean_j f_j)`; the KL option replaces the MSE term by
 `kl_weight * T^2 * sum_i mean_b KL(softmax(z_ens / T) || softmax(z_i / T))`
-(reported as KL, METHODS.md §7; the authors' soft cross-entropy has the same
-gradient). CE is averaged over labeled examples (label -1 = unlabeled), the
-distillation terms over the whole batch.
+(reported as KL, docs/methods.md §7; the authors' soft cross-entropy has the
+same gradient). CE is averaged over labeled examples (label -1 =
+unlabeled), the distillation terms over the whole batch.
 """
 
 from typing import Optional

@@ -1,9 +1,9 @@
 """ERDE and plain KD: a student early-exit net taught by a frozen teacher.
 
-METHODS.md §4.1, a PROJECT READING (exact weights and sign unconfirmed).
-Teacher exit i teaches student exit i. With `zt = sg(teacher_logits)`,
-`wrong_i[b] = 1{y_b labeled and argmax zt_i[b] != y_b}`, `right_i = 1 -
-wrong_i`:
+docs/methods.md §4.1, a PROJECT READING (exact weights and sign
+unconfirmed). Teacher exit i teaches student exit i. With
+`zt = sg(teacher_logits)`, `wrong_i[b] = 1{y_b labeled and argmax zt_i[b] !=
+y_b}`, `right_i = 1 - wrong_i`:
 
   L_CE_i = CE(z_i, y)
   L_KL_i = T^2 mean_b right_i[b] KL(softmax(zt_i[b] / T) || softmax(z_i[b] / T))
@@ -122,7 +122,7 @@ def _make(name, *, temperature, alpha, gamma, kl_on_wrong):
 def make_erde(*, temperature: float = 4.0, alpha: float = 0.5,
               gamma: float = 1.0, kl_on_wrong: bool = False
               ) -> common.Method:
-  """ERDE (project reading, METHODS.md §4.1); needs a frozen teacher."""
+  """ERDE (project reading, docs/methods.md §4.1); needs a frozen teacher."""
   _check(temperature, alpha, gamma)
   return _make("erde", temperature=temperature, alpha=alpha, gamma=gamma,
                kl_on_wrong=bool(kl_on_wrong))

@@ -1,7 +1,7 @@
 """MATE stand-in: exits taught by several weighted ensemble teachers.
 
-METHODS.md §3.1, a PROJECT READING (the paper, Sun et al., FITEE 2024, gives
-only an abstract; this is not the authors' exact method). There are E
+docs/methods.md §3.1, a PROJECT READING (the paper, Sun et al., FITEE 2024,
+gives only an abstract; this is not the authors' exact method). There are E
 teachers; teacher k is an ensemble of the detached exit logits with its own
 weights and is the *primary* teacher of exit k:
 
@@ -15,8 +15,9 @@ weights and is the *primary* teacher of exit k:
 `A` [E, E] (init 0) is the method's trainable parameter; the fixed prior P
 puts the peak of teacher k one exit deeper than its student (the final
 teacher peaks at the final exit). KL replaces soft cross-entropy in the
-reported values (same gradient, METHODS.md §7). With one exit the loss is the
-plain CE. CE terms average over labeled examples, KL over the whole batch.
+reported values (same gradient, docs/methods.md §7). With one exit the loss
+is the plain CE. CE terms average over labeled examples, KL over the whole
+batch.
 
 Switchable alternative readings (§3.1): `restrict_deeper` keeps teacher k on
 exits j >= k; `weights_objective="kd"` trains A through the KD term instead of
@@ -144,7 +145,7 @@ def make_mate(*, temperature: float = 3.0,
               beta: float | Sequence[float] = 0.7,
               restrict_deeper: bool = False,
               weights_objective: str = "ce") -> common.Method:
-  """MATE (project reading, METHODS.md §3.1); A is in `params`."""
+  """MATE (project reading, docs/methods.md §3.1); A is in `params`."""
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
   betas = np.atleast_1d(np.asarray(beta, np.float64))

@@ -1,4 +1,6 @@
-"""Distillation-based training (Phuong & Lampert, ICCV 2019), METHODS.md §1.
+"""Distillation-based training (Phuong & Lampert, ICCV 2019).
+
+Formula, defaults and sources: docs/methods.md §1.
 
 Every early exit mixes cross-entropy with a distillation term towards the
 final exit's softened, stop-gradient prediction; the final exit gets only the

@@ -1,21 +1,22 @@
 """Convolution layer with fast gradients on CPUs (GEMM-based backward).
 
 XLA:CPU's 3x3 convolution gradients are slow: for B=64, 32x32, 64->64 the
-forward + backward of one layer took 939 ms where a Winograd formulation
-takes 210 ms (../shared/PERF_NOTES.md: ~2.5x slower than oneDNN), and they
-dominate a ResNet train step on CPU. XLA's *forward* convolution, on the
-other hand, is as fast as the alternatives (B=256 32x32 64->64 forward: XLA
-569 ms, Winograd 712 ms). So on the CPU backend `Conv` keeps XLA's forward
+forward + backward of one layer takes 939 ms where a Winograd formulation
+takes 210 ms (and B=64 16x16 128->128 takes 300 ms in XLA against 119 ms in
+PyTorch/oneDNN on the same 2-core CPU, ~2.5x), and they dominate a ResNet
+train step on CPU. XLA's *forward* convolution, on the other hand, is as
+fast as the alternatives (B=256 32x32 64->64 forward: XLA 569 ms, Winograd
+712 ms). So on the CPU backend `Conv` keeps XLA's forward
 convolution and replaces the backward pass (`jax.custom_vjp`):
 
 * 3x3, stride 1, padding 1: the input gradient is XLA's forward convolution
   of the output gradient with the flipped, transposed kernel; the kernel
   gradient is `conv3x3_kernel_grad`: three GEMMs (one per kernel row) of
   the column-shifted input [B, H, W, 3 Cin] against the row-shifted output
-  gradient. (Until session 14 it was the vjp of the Winograd F(2x2, 3x3)
-  `winograd_conv3x3`; its tile transforms cost more than its GEMMs on
-  XLA:CPU: B=64 32x32 64->64 kernel gradient 187 -> 127 ms, 4x4 512->512
-  71 -> 36 ms, stem 3->64 118 -> 42 ms.)
+  gradient. (It is faster than the vjp of the Winograd F(2x2, 3x3)
+  `winograd_conv3x3`, whose tile transforms cost more than its GEMMs on
+  XLA:CPU: kernel gradient B=64 32x32 64->64 127 vs 187 ms, 4x4 512->512
+  36 vs 71 ms, stem 3->64 42 vs 118 ms.)
 * 3x3, stride 2, padding 1: both gradients are the vjp of
   `im2col_conv3x3_s2` (the 9 taps replicate the input only 9/4 times, so the
   patch matrix is small and each gradient is one large GEMM).
@@ -28,11 +29,12 @@ Forward + backward of one layer on the project's 2-core CPU (ms, XLA vs this
 path, interleaved, other jobs running): B=64 32x32 64->64: 1850 vs 340;
 16x16 128->128: 411 vs 212; 8x8 256->256: 243 vs 166; stride 2 32x32
 64->128: 417 vs 266; 16x16 128->256: 203 vs 130. Whole-step numbers:
-docs/benchmarks.md. Those per-layer numbers predate `mexd.xla_options`
-(XLA:CPU convolutions on XLA's own emitter instead of YNNPACK), which made
-XLA's own 3x3 gradients competitive (B=64 32x32 64->64 kernel gradient
-1012 -> 90 ms); with it the whole ResNet-18 step gains ~20 % and the
-choice of impl matters less (docs/benchmarks.md, section 1). Inference runs XLA's 3x3 convolutions unchanged and 1x1
+docs/benchmarks.md. Those per-layer numbers are measured without
+`mexd.xla_options` (XLA:CPU convolutions on XLA's own emitter instead of
+YNNPACK), which makes XLA's own 3x3 gradients competitive (B=64 32x32
+64->64 kernel gradient 1012 -> 90 ms); with it the whole ResNet-18 step
+(batch 64) is ~30 % faster (23.6 -> 30.5 img/s) and the choice of impl
+matters less (docs/benchmarks.md, section 1). Inference runs XLA's 3x3 convolutions unchanged and 1x1
 convolutions as matmuls of the same flops, so the cost model (XLA flops,
 counted with `use_impl("xla")`) describes what runs.
 

@@ -25,12 +25,13 @@ layers. Exit k sits after layer nlayers_to_exit + k * nlayers_between_exits
 scale with `heads.MsdHead`.
 
 PROJECT READING: the layout rules follow the CIFAR network of Phuong &
-Lampert (METHODS.md 1.6: n_scales=3, 11 exits, 4 layers to the first exit, 2
-between exits, mulv (6, 12, 24), addh 1, init 1, prune "min", reduction 0.5,
-exit width 128, bottleneck widths (4, 4, 4)), which differs from Huang et
-al.'s CIFAR MSDNet (initial 16/32/64 channels, pruning every block). As in
-the rest of the zoo, convs are bias-free (each feeds a BN). With the default
-setting: 25 layers + 2 transitions = 27 columns, coarsest widths 24 * h.
+Lampert (docs/methods.md §1.6: n_scales=3, 11 exits, 4 layers to the first
+exit, 2 between exits, mulv (6, 12, 24), addh 1, init 1, prune "min",
+reduction 0.5, exit width 128, bottleneck widths (4, 4, 4)), which differs
+from Huang et al.'s CIFAR MSDNet (initial 16/32/64 channels, pruning every
+block). As in the rest of the zoo, convs are bias-free (each feeds a BN).
+With the default setting: 25 layers + 2 transitions = 27 columns, coarsest
+widths 24 * h.
 """
 
 import math

@@ -1,8 +1,18 @@
 """Small multi-exit CNNs for the embedded digits (8x8) and Fashion-MNIST (28x28).
 
-Each stage is `convs_per_stage` x (3x3 conv -> BN -> ReLU); stages after the
-first start with a stride-2 conv so the resolution halves. Every stage ends in
-an exit head (global pool -> dense -> dense).
+Each stage is `convs_per_stage` x (3x3 conv -> BN -> ReLU). A stage with
+stride s > 1 reduces the resolution first, by its first conv's stride
+(`downsample="stride"`) or by an s x s max pool before stride-1 convs
+(`downsample="maxpool"`). Every stage ends in an exit head:
+
+* `head="pool_dense"`: global average pool -> Dense(D) -> ReLU -> Dense(C);
+* `head="conv"`: 3x3 conv stride 2 (D channels) -> BN -> ReLU -> global
+  average pool -> Dense(C), the exit shape of the early-exit papers (MSDNet's
+  and BYOT's exits start with strided convolutions; `heads.ByotHead` with one
+  step).
+
+The feature vector of an exit (for feature distillation) is its [B, D]
+vector before the last Dense layer.
 """
 
 from typing import Any, Sequence
@@ -16,6 +26,9 @@ from mexd.models import heads
 
 Array = Any
 
+HEADS = ("pool_dense", "conv")
+DOWNSAMPLE = ("stride", "maxpool")
+
 
 class ConvStage(nn.Module):
   """`num_convs` x (conv3x3 -> BN -> ReLU); the first conv has `stride`."""
@@ -23,13 +36,17 @@ class ConvStage(nn.Module):
   width: int
   num_convs: int = 2
   stride: int = 1
+  maxpool: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    """x: [B, H, W, K] -> [B, H / stride, W / stride, width]."""
+    """x: [B, H, W, K] -> [B, H / stride, W / stride, width] (ceil)."""
+    if self.maxpool and self.stride > 1:
+      s = (self.stride, self.stride)
+      x = nn.max_pool(x, s, strides=s, padding="SAME")
     for i in range(self.num_convs):
-      s = self.stride if i == 0 else 1
+      s = self.stride if i == 0 and not self.maxpool else 1
       x = conv.Conv(self.width, (3, 3), strides=(s, s), padding="SAME",
                     dtype=self.dtype, name=f"conv{i}")(x)
       x = heads.batch_norm(train, self.dtype, f"bn{i}")(x)
@@ -46,6 +63,8 @@ class SmallCNN(base.MultiExitModel):
     strides: stride of the first conv of each stage (same length as widths).
     convs_per_stage: convolutions per stage.
     head_features: D, width of each exit's feature vector.
+    head: exit head kind, "pool_dense" or "conv" (module docstring).
+    downsample: "stride" (strided first conv) or "maxpool".
     dtype: compute dtype; parameters are float32.
   """
 
@@ -54,6 +73,8 @@ class SmallCNN(base.MultiExitModel):
   strides: Sequence[int] = (1, 2, 2)
   convs_per_stage: int = 2
   head_features: int = 64
+  head: str = "pool_dense"
+  downsample: str = "stride"
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -61,12 +82,26 @@ class SmallCNN(base.MultiExitModel):
       raise ValueError(
           f"widths {tuple(self.widths)} and strides {tuple(self.strides)} "
           "must have the same length (one entry per exit).")
+    if self.head not in HEADS:
+      raise ValueError(f"unknown small_cnn head {self.head!r}; valid: "
+                       f"{', '.join(HEADS)}")
+    if self.downsample not in DOWNSAMPLE:
+      raise ValueError(f"unknown small_cnn downsample {self.downsample!r}; "
+                       f"valid: {', '.join(DOWNSAMPLE)}")
     self.blocks = [
-        ConvStage(w, self.convs_per_stage, s, dtype=self.dtype)
+        ConvStage(w, self.convs_per_stage, s,
+                  maxpool=self.downsample == "maxpool", dtype=self.dtype)
         for w, s in zip(self.widths, self.strides)
     ]
-    self.heads = [
-        heads.PoolDenseHead(self.num_classes, self.head_features,
-                            dtype=self.dtype)
-        for _ in self.widths
-    ]
+    if self.head == "conv":
+      self.heads = [
+          heads.ByotHead(self.num_classes, ((self.head_features, 2),),
+                         dtype=self.dtype)
+          for _ in self.widths
+      ]
+    else:
+      self.heads = [
+          heads.PoolDenseHead(self.num_classes, self.head_features,
+                              dtype=self.dtype)
+          for _ in self.widths
+      ]

@@ -1,4 +1,4 @@
-"""CE, SDN and BYOT losses against NumPy re-implementations of METHODS.md §5.
+"""CE, SDN and BYOT against NumPy re-implementations of docs/methods.md §5.
 
 Every reference test runs `jit(vmap(loss_fn))` over a stack of problems of
 one shape (fully labeled, partly unlabeled, all unlabeled, one class) and

@@ -1,4 +1,4 @@
-"""EED against a NumPy re-implementation of METHODS.md §2.1."""
+"""EED against a NumPy re-implementation of docs/methods.md §2.1."""
 
 import jax
 import jax.numpy as jnp

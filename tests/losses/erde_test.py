@@ -1,4 +1,4 @@
-"""ERDE and plain KD against a NumPy re-implementation of METHODS.md §4.1."""
+"""ERDE and plain KD against NumPy re-implementations of docs/methods.md §4."""
 
 import jax
 import jax.numpy as jnp

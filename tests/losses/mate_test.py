@@ -1,4 +1,4 @@
-"""MATE (project reading) against a NumPy re-implementation of METHODS.md §3.1.
+"""MATE (project reading) vs a NumPy re-implementation of docs/methods.md §3.1.
 
 Distillation values are KL (as P&L's code reports them); gradients equal the
 soft cross-entropy ones.

@@ -3,7 +3,7 @@
 These re-implement the building blocks of every method's loss (log-softmax,
 cross-entropy with unlabeled examples, KL with a temperature, the masked
 feature distance) in plain NumPy, in float64 and independently of
-`mexd.losses` (METHODS.md §0), so each test compares the JAX float32 code
+`mexd.losses` (docs/methods.md §0), so each test compares the JAX float32 code
 with a separate implementation. Method-specific references (np_byot,
 np_eed, np_erde, np_mate, np_pl, ...) stay in their own test files and are
 built from these. `problems` draws the test inputs most of the files share.

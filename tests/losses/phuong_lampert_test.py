@@ -1,4 +1,4 @@
-"""Phuong & Lampert (DBT) against a NumPy re-implementation of METHODS.md §1.
+"""Phuong & Lampert (DBT) vs a NumPy re-implementation of docs/methods.md §1.
 
 The code reports the distillation term as KL (soft cross-entropy minus the
 teacher entropy; same gradient), and so does the reference here.

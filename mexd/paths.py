@@ -1,0 +1,107 @@
+"""Work-directory I/O through `etils.epath`: local folders and buckets alike.
+
+Every read and write of a run's work directory goes through `etils.epath`,
+the path library orbax and tfds use, so `--workdir` may be a local folder or
+a bucket URI (`gs://BUCKET/PATH`; also `s3://`, `az://`). A URI needs the
+store's client: for `gs://`, `pip install gcsfs google-cloud-storage` (or
+TensorFlow, which epath then uses instead of gcsfs).
+
+Object stores have no appends and no empty directories; nothing here relies
+on either. A file that grows during a run (metrics.jsonl, TensorBoard
+events) is written on such a store by `RewrittenFile`: the content is kept
+in memory and each flush uploads it whole.
+
+  >>> import tempfile
+  >>> run = path(tempfile.mkdtemp())  # or path("gs://my-bucket/runs/digits")
+  >>> write_json(run / "config.json", {"seed": 0})
+  >>> read_json(run / "config.json")
+  {'seed': 0}
+  >>> is_local(run), is_local("gs://my-bucket/runs/digits")
+  (True, False)
+"""
+
+import io
+import json
+import os
+import threading
+from typing import Any, Dict, Union
+
+from etils import epath
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+
+def is_local(p: PathLike) -> bool:
+  """Whether `p` is a local path (not a URI such as gs://BUCKET/PATH)."""
+  return "://" not in os.fspath(p)
+
+
+def path(p: PathLike) -> epath.Path:
+  """`p` as an epath.Path; a local path is made absolute (orbax needs it).
+
+  A URI is kept as it is: `os.path.abspath("gs://b/x")` would turn it into
+  a local folder named "gs:".
+  """
+  return epath.Path(os.path.abspath(os.fspath(p)) if is_local(p) else p)
+
+
+def read_json(p: PathLike) -> Any:
+  return json.loads(epath.Path(p).read_text())
+
+
+def write_json(p: PathLike, obj: Any, **dumps_kwargs) -> None:
+  """Writes `json.dumps(obj, **dumps_kwargs)` to `p` (one whole write)."""
+  epath.Path(p).write_text(json.dumps(obj, **dumps_kwargs))
+
+
+def save_npz(p: PathLike, **arrays: np.ndarray) -> None:
+  """`np.savez(p, **arrays)`, through epath (built in memory, written once)."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  epath.Path(p).write_bytes(buf.getvalue())
+
+
+def load_npz(p: PathLike) -> Dict[str, np.ndarray]:
+  """The arrays of an .npz file, through epath (no pickles)."""
+  with np.load(io.BytesIO(epath.Path(p).read_bytes())) as z:
+    return {k: z[k] for k in z.files}
+
+
+class RewrittenFile:
+  """A binary file that grows, on a store that cannot append to a file.
+
+  Writes go to memory; `flush` and `close` write the whole content to the
+  path again (as tensorboardX's own GCS and S3 writers do). Opened with
+  `keep_existing=True`, it starts from the file's current content, which is
+  appending. Thread-safe: tensorboardX flushes from its own thread. It has
+  no `fileno`, so callers do not try to fsync it.
+  """
+
+  def __init__(self, p: PathLike, *, keep_existing: bool = False):
+    self.path = epath.Path(p)
+    self._buf = bytearray()
+    if keep_existing and self.path.exists():
+      self._buf += self.path.read_bytes()
+    self._lock = threading.Lock()
+    self._dirty = True  # Create the file at the first flush, as open() does.
+    self.closed = False
+
+  def write(self, data: bytes) -> int:
+    with self._lock:
+      if self.closed:
+        raise ValueError(f"write to closed file {self.path}")
+      self._buf += data
+      self._dirty = True
+    return len(data)
+
+  def flush(self) -> None:
+    with self._lock:
+      if self._dirty and not self.closed:
+        self.path.write_bytes(bytes(self._buf))
+        self._dirty = False
+
+  def close(self) -> None:
+    self.flush()
+    with self._lock:
+      self.closed = True
