@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import digits
+from mexd.configs import digits
 from mexd import train
 from mexd import workdir as workdir_lib
 from mexd.data import base

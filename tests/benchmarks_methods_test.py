@@ -137,6 +137,7 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", old)
 
 
+@pytest.mark.slow
 def test_one_run_writes_json_markdown_and_resumes(methods, tmp_path,
                                                   fast_compile):
   del fast_compile
@@ -198,3 +199,63 @@ def test_ledger_config_diff(methods):
   assert methods.ledger_config_diff(old, {"a": 2, "b": {"c": [1, 3]}}) == [
       "a", "b.c"]
   assert methods.ledger_config_diff(old, {"b": {"c": [1, 2]}}) == ["a"]
+
+
+@pytest.mark.parametrize("protocol", ["fashion_mnist_limited",
+                                      "fashion_mnist_full", "digits", "smoke"])
+def test_every_protocol_plans_valid_configs(methods, protocol, tmp_path):
+  """Each protocol's every run config validates and builds its method."""
+  from mexd import config_lib  # pylint: disable=g-import-not-at-top
+  from mexd import train  # pylint: disable=g-import-not-at-top
+  p = methods.PROTOCOLS[protocol]
+  tasks = methods.plan(p["data"], p["settings"], p["methods"],
+                       [int(s) for s in p["seeds"]],
+                       methods.parse_epochs(p["epochs"]), str(tmp_path),
+                       teacher_epochs=p.get("teacher_epochs"),
+                       teacher_seed=p.get("teacher_seed"))
+  rows = {t["method"] for t in tasks}
+  assert {"ce", "pl", "eed", "mate", "erde", "kd", "ce_student"} <= rows
+  if "limited" in p["settings"]:
+    assert {"pl_semisup", "pl_semisup_eqsteps"} <= rows
+  for t in tasks:
+    c = methods.make_config(t["data"], t["setting"], t["method"], t["seed"],
+                            t["epochs"], t["teacher_workdir"])
+    config_lib.validate(c)
+    train.build_method(c)
+    if t["method"] in ("erde", "kd"):
+      assert c.teacher_workdir and os.path.basename(
+          os.path.dirname(c.teacher_workdir)) in ("ce", "ce_teacher")
+  assert len({t["seed"] for t in tasks}) == len(p["seeds"])
+
+
+@pytest.mark.slow
+def test_ablation_runs_variants_and_pairs_them(methods, tmp_path,
+                                               fast_compile):
+  del fast_compile
+  spec = importlib.util.spec_from_file_location(
+      "benchmarks_ablation", os.path.join(os.path.dirname(_PATH),
+                                          "ablation.py"))
+  ablation = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ablation)
+  study = dict(data="digits", setting="limited", methods=["ce", "pl"],
+               seeds=[0, 1], epochs=1, title="test",
+               variants=[dict(name="a", label="A", model="head=pool_dense"),
+                         dict(name="b", label="B", model="head=conv")])
+  runs = ablation.run_variants(study, [0, 1], str(tmp_path / "runs"),
+                               str(tmp_path / "ledger"))
+  assert all("error" not in r for rs in runs.values() for r in rs), runs
+  summary = ablation.summarize(study, runs)
+  b = summary["variants"][1]
+  acc = {(r["method"], r["seed"]): np.asarray(r["val_acc"])
+         for r in runs["b"]}
+  ref = {(r["method"], r["seed"]): np.asarray(r["val_acc"])
+         for r in runs["a"]}
+  want = ((acc["ce", 0] - ref["ce", 0]) + (acc["ce", 1] - ref["ce", 1])) / 2
+  np.testing.assert_allclose(b["vs_baseline"]["ce"]["val"]["mean"], want,
+                             atol=1e-12)
+  assert b["aggregates"]["pl"]["val_diff"]["reference"] == "ce"
+  path = tmp_path / "results_test.md"
+  ablation.write_markdown(str(path), study, summary, "python x", "today",
+                          {"commit": "abc", "dirty": False})
+  text = path.read_text()
+  assert "## B" in text and "Δ pl − ce" in text

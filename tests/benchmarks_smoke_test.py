@@ -41,6 +41,7 @@ def _run(script, tmp_path, *args, timeout=300):
   return record
 
 
+@pytest.mark.slow
 def test_step_time(tmp_path):
   args = ["--configs", "4:4", "--stages", "1,1,1,1", "--steps", "1",
           "--reps", "1", "--warmup", "0"]
@@ -53,6 +54,7 @@ def test_step_time(tmp_path):
     assert row["ratio_jax_over_torch"] > 0
 
 
+@pytest.mark.slow
 def test_overhead(tmp_path):
   rows = _run("overhead", tmp_path, "--methods", "ce,pl", "--batch", "4",
               "--width", "4", "--stages", "1,1,1,1", "--steps", "1",
@@ -61,6 +63,7 @@ def test_overhead(tmp_path):
   assert rows[0]["overhead_pct"] == 0.0
 
 
+@pytest.mark.slow
 def test_early_exit_speed(tmp_path):
   rec = _run("early_exit_speed", tmp_path, "--models", "digits_cnn",
              "--fractions", "0.5", "--n", "64", "--batch", "16", "--reps", "1",
@@ -82,6 +85,7 @@ def test_early_exit_speed(tmp_path):
     assert np.all(np.diff(cascade["stage_seconds_per_image"][mode]) > 0)
 
 
+@pytest.mark.slow
 def test_recipes_drill_one_recipe(tmp_path):
   """benchmarks/recipes.py writes mock CIFAR-10 and runs its CE recipe."""
   pytest.importorskip("tensorflow_datasets")

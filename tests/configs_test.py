@@ -98,6 +98,7 @@ def test_unknown_config_argument_is_refused():
     load("imagenet64", "res=128")
 
 
+@pytest.mark.slow
 def test_cifar_recipe_trains_on_a_mock_archive(tmp_path):
   """configs/cifar10.py:runlocal reads the archive and trains above chance."""
   mock.write_cifar(str(tmp_path / "data"), "cifar10", train_per_class=40,

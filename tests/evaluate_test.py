@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import digits
+from mexd.configs import digits
 from mexd import evaluate
 from mexd import train
 
@@ -46,8 +46,55 @@ def test_evaluate_run(run_dir):
                "exit_policy.json"):
     assert os.path.exists(os.path.join(run_dir, name)), name
   policy = json.load(open(os.path.join(run_dir, "exit_policy.json")))
-  assert policy["thresholds"] == d["thresholds"]
+  assert policy["thresholds"][-1] == "-inf"  # Strict JSON, see below.
   assert policy["image_shape"] == [8, 8, 1]
+  np.testing.assert_array_equal(
+      evaluate.load_exit_policy(run_dir)["thresholds"],
+      np.asarray(d["thresholds"], np.float32))
+
+
+def _strict_loads(text):
+  def refuse(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_written_json_is_strict_and_thresholds_round_trip(run_dir):
+  res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
+                              budgets=(0.3, 1.0), trials=0, timing=False,
+                              plots=False)
+  for name in ("eval/eval.json", "exit_policy.json"):
+    with open(os.path.join(run_dir, name)) as f:
+      _strict_loads(f.read())  # No Infinity / NaN.
+  thresholds = res["accuracy_drop"]["thresholds"]
+  assert thresholds[-1] == -np.inf
+  policy = evaluate.load_exit_policy(
+      os.path.join(run_dir, "exit_policy.json"))
+  assert policy["thresholds"].dtype == np.float32
+  np.testing.assert_array_equal(policy["thresholds"],
+                                np.asarray(thresholds, np.float32))
+  back = evaluate.load_eval(run_dir)
+  assert back["accuracy_drop"]["thresholds"] == thresholds
+  rows = back["budget_calibration"]
+  assert [r["thresholds"] for r in rows] == [
+      r["thresholds"] for r in res["budget_calibration"]]
+  # A budget of the full cost keeps everyone to the end: +inf thresholds.
+  assert any(t == np.inf for r in rows for t in r["thresholds"])
+
+
+def test_thresholds_encoding():
+  enc = evaluate.encode_thresholds([0.5, np.inf, -np.inf])
+  assert enc == [0.5, "inf", "-inf"]
+  assert json.dumps(enc, allow_nan=False) == '[0.5, "inf", "-inf"]'
+  assert evaluate.decode_thresholds(enc) == [0.5, np.inf, -np.inf]
+  with pytest.raises(ValueError, match="NaN threshold"):
+    evaluate.encode_thresholds([np.nan])
+  with pytest.raises(ValueError, match="invalid threshold 'Infinity'"):
+    evaluate.decode_thresholds(["Infinity"])
+  # A non-finite float outside the thresholds raises instead of writing
+  # Infinity (allow_nan=False).
+  with pytest.raises(ValueError):
+    evaluate._write_strict_json("/nonexistent/x.json", {"speedup": np.inf})
 
 
 def test_thresholds_do_not_depend_on_test_labels(run_dir, monkeypatch):

@@ -13,6 +13,7 @@ DATA = "/usr/share/datasets/fashion-mnist"
 @pytest.mark.skipif(
     not os.path.exists(os.path.join(DATA, "train-images-idx3-ubyte.gz")),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.slow
 def test_short_run_on_real_fashion_mnist_beats_chance(tmp_path):
   c = configs.load("fashion_mnist", "method=pl")
   c.data.labeled_per_class = 100  # A 1,000-image slice of the real train set.

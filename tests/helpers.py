@@ -1,6 +1,6 @@
 """Shared test helpers."""
 
-from configs import digits
+from mexd.configs import digits
 
 
 def digits_config(**overrides):

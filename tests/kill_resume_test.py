@@ -64,6 +64,7 @@ def reference(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_bitwise_equal(tmp_path, reference):
   workdir = str(tmp_path)
   proc = _start_and_wait_for_checkpoint(workdir, 12)
@@ -75,6 +76,7 @@ def test_sigkill_then_rerun_finishes_bitwise_equal(tmp_path, reference):
   _assert_same_params(reference, workdir)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_before_exit(tmp_path, reference):
   workdir = str(tmp_path / "run")
   with open(tmp_path / "stderr.txt", "w") as log:

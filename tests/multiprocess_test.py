@@ -18,7 +18,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from configs import digits
+from mexd.configs import digits
 from mexd import train
 from mexd import workdir as workdir_lib
 
@@ -105,6 +105,7 @@ def _run_launcher(args, timeout):
   return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path, reference):
   workdir = tmp_path / "mp"
   # --config.num_devices=8 fails in a process that sees only its own 4

@@ -1,6 +1,7 @@
 """An interrupted run resumed from its workdir ends where an uninterrupted one does."""
 
 import jax
+import pytest
 import numpy as np
 
 import helpers
@@ -13,6 +14,7 @@ def _config():
                                eval_every_epochs=100)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
   full, part = tmp_path / "full", tmp_path / "part"
   train.train_and_evaluate(_config(), str(full))

@@ -4,8 +4,9 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
-from configs import digits
+from mexd.configs import digits
 from mexd import losses
 from mexd import models
 from mexd import optim
@@ -41,6 +42,7 @@ def _one_step(num_devices, method_name):
   return jax.device_get(new_state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device():
   s1, m1 = _one_step(1, "pl")
   s8, m8 = _one_step(8, "pl")

@@ -20,6 +20,7 @@ def small_config(**overrides):
                                   "eval_every_epochs": 1, **overrides})
 
 
+@pytest.mark.slow
 def test_digits_end_to_end_and_checkpoint_reload(tmp_path):
   config = small_config(num_epochs=6)
   res = train.train_and_evaluate(config, str(tmp_path))
@@ -69,6 +70,7 @@ def test_run_saved_before_a_new_optional_field_resumes(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_overrides_reach_the_run(tmp_path):
   cmd = [sys.executable, "-m", "mexd.train",
          "--config=configs/digits.py", "--config.method=ce",
@@ -85,6 +87,7 @@ def test_cli_overrides_reach_the_run(tmp_path):
   assert "exit" in out.stdout and "test acc" in out.stdout
 
 
+@pytest.mark.slow
 def test_teacher_student_erde(tmp_path):
   """Two-stage recipe: a CE teacher, then an ERDE student distilled from it."""
   teacher = small_config(num_epochs=2, method="ce")

@@ -306,6 +306,7 @@ def test_the_fake_store_and_the_guard(gcs):
   gcs.guard.violations.clear()  # Expected here; the fixture checks the rest.
 
 
+@pytest.mark.slow
 def test_train_resume_evaluate_overwrite_on_gs(gcs, tmp_path, capsys):
   wd = f"{BUCKET}/runs/digits"
   local = str(tmp_path / "local")
