@@ -232,6 +232,10 @@ def test_every_protocol_plans_valid_configs(methods, protocol, tmp_path):
 def test_ablation_runs_variants_and_pairs_them(methods, tmp_path,
                                                fast_compile):
   del fast_compile
+  import sys  # pylint: disable=g-import-not-at-top
+  # ablation.py imports benchmarks/methods.py as `methods`: reuse this copy
+  # (its absl flags can be defined once per process).
+  sys.modules.setdefault("methods", methods)
   spec = importlib.util.spec_from_file_location(
       "benchmarks_ablation", os.path.join(os.path.dirname(_PATH),
                                           "ablation.py"))
