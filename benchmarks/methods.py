@@ -315,13 +315,16 @@ def ledger_config_diff(old: Any, new: Any, prefix: str = "") -> List[str]:
   Fields of `new` that `old` lacks (config fields added after the run was
   recorded, which by convention default to the earlier behaviour) and unset
   (None) values are ignored; so are the fields a resumed run may change
-  (mexd.workdir's resumable fields, e.g. the progress bar).
+  (mexd.workdir's resumable fields, e.g. the progress bar) and the teacher's
+  work-directory path (machine-specific; the teacher is itself a ledger run
+  of a fixed config).
   """
   from mexd import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for k, v in old.items():
-      if v is None or (not prefix and k in workdir_lib.RESUMABLE_FIELDS):
+      if v is None or (not prefix and (k in workdir_lib.RESUMABLE_FIELDS
+                                       or k == "teacher_workdir")):
         continue
       out += ledger_config_diff(v, new.get(k), f"{prefix}{k}.")
     return out

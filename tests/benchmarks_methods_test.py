@@ -199,6 +199,8 @@ def test_ledger_config_diff(methods):
   assert methods.ledger_config_diff(old, {"a": 2, "b": {"c": [1, 3]}}) == [
       "a", "b.c"]
   assert methods.ledger_config_diff(old, {"b": {"c": [1, 2]}}) == ["a"]
+  assert methods.ledger_config_diff({"teacher_workdir": "/m1/ce"}, {
+      "teacher_workdir": "/m2/ce"}) == []
 
 
 @pytest.mark.parametrize("protocol", ["fashion_mnist_limited",
