@@ -143,27 +143,48 @@ def load_teacher(config, num_classes):
 
 
 class _Preempted:
-  """Records SIGTERM so the loop can checkpoint and exit cleanly."""
+  """Records SIGTERM and SIGINT (Ctrl-C) so the loop can checkpoint and exit
+  cleanly (status 143 after SIGTERM, 130 after SIGINT)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.flag = False
-    self._old = None
+    self.signum = None
+    self._old = {}
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # Not the main thread.
-      self._old = None
+    for sig in self.SIGNALS:
+      try:
+        self._old[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # Not the main thread.
+        pass
     return self
 
   def _handler(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint and exiting.")
+    del frame
+    logging.warning("%s: saving a checkpoint and exiting.",
+                    signal.Signals(signum).name)
     self.flag = True
+    self.signum = self.signum or signum
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum or signal.SIGTERM).name
+
+  @property
+  def exit_status(self) -> int:
+    return 128 + int(self.signum or signal.SIGTERM)
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _resume_command() -> str:
+  import shlex  # pylint: disable=g-import-not-at-top
+  return "python -m mexd.train " + " ".join(shlex.quote(a)
+                                              for a in sys.argv[1:])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -311,8 +332,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if bar is not None:
           bar.close()
         writer.close()  # On a bucket, uploads the rows still in memory.
-        logging.warning("Stopped at step %d after SIGTERM.", done)
-        raise SystemExit(143)
+        manager.close()
+        logging.warning("Stopped at step %d after %s.", done, preempted.name)
+        if is_main:
+          print(f"mexd.train: stopped at step {done} after {preempted.name} "
+                f"(checkpoint saved); resume with the same command: "
+                f"{_resume_command()}", file=sys.stderr, flush=True)
+        raise SystemExit(preempted.exit_status)
   if bar is not None:
     bar.close()
   train_seconds = time.time() - t0
@@ -360,11 +386,16 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  config_flags.DEFINE_config_file(
-      "config", _DEFAULT_CONFIG, "Recipe: an installed name "
-      f"({', '.join(configs.names())}) or a config file defining "
-      "get_config(arg); 'NAME:arg' or 'path.py:arg' selects a variant.",
-      lock_config=True)
+  # ml_collections loads the default recipe and applies the --config.KEY
+  # overrides of sys.argv here already: a misspelled key fails now.
+  try:
+    config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Recipe: an installed name "
+        f"({', '.join(configs.names())}) or a config file defining "
+        "get_config(arg); 'NAME:arg' or 'path.py:arg' selects a variant.",
+        lock_config=True)
+  except (AttributeError, KeyError, flags.Error) as e:
+    _override_error(configs.resolve_argv(sys.argv), e)
   flags.DEFINE_string("workdir", None, "Work directory: a local folder or "
                       "gs://BUCKET/PATH (default: runs/<data>-<method>).")
   flags.DEFINE_bool("overwrite", False, "Start afresh in a workdir that "
@@ -404,9 +435,93 @@ def main(argv):
     train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
 
 
+def _usage_error(msg: str):
+  """`mexd.train: error: msg` on stderr and exit status 2 (a usage error)."""
+  print(f"mexd.train: error: {' '.join(msg.split())}", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def _config_file(argv):
+  """The file part of the last --config=FILE[:arg] of argv, or None."""
+  value = None
+  for a in argv[1:]:
+    if a.startswith("--config="):
+      value = a[len("--config="):]
+  if value is None:
+    return None
+  return value.split(":", 1)[0] if ".py:" in value else value
+
+
+def _config_keys(config, prefix=""):
+  """Every dotted key of a ConfigDict (the valid --config.KEY overrides)."""
+  out = []
+  for k, v in config.items():
+    out.append(prefix + k)
+    if isinstance(v, ml_collections.ConfigDict):
+      out += _config_keys(v, prefix + k + ".")
+  return out
+
+
+def _bad_override(argv, config_file):
+  """(flag, closest valid keys) of the first --config.KEY not in the config."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  try:
+    config = runpy.run_path(config_file)["get_config"]()
+    keys = _config_keys(config)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for a in argv[1:]:
+    if a.startswith("--config.") and "=" in a:
+      key = a[len("--config."):].split("=", 1)[0]
+      if key not in keys:
+        return key, difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+  return None
+
+
+def _override_error(argv, e):
+  """Exits with one line for a flag error `e` (a misspelled --config.KEY:
+  the closest valid keys)."""
+  if os.environ.get("MEXD_TRACEBACK"):
+    raise e
+  config_file = _config_file(argv) or _DEFAULT_CONFIG
+  bad = _bad_override(argv, config_file)
+  if bad is not None:
+    key, close = bad
+    hint = (f"did you mean {' or '.join('--config.' + c for c in close)}?"
+            if close else "see the recipe for its keys")
+    _usage_error(f"--config.{key}: no such config key in {config_file}; "
+                 f"{hint}")
+  _usage_error(f"--config: {' '.join(str(e).split())[:300]}")
+
+
 def parse_flags(argv):
-  """absl's flag parsing, with `--config=NAME` resolved (mexd.configs)."""
-  return FLAGS(configs.resolve_argv(argv))
+  """absl's flag parsing, with `--config=NAME` resolved (mexd.configs).
+
+  A bad --config (missing file, syntax error, get_config not returning a
+  ConfigDict, a misspelled --config.KEY) is one `mexd.train: error:` line
+  and exit status 2, before anything is written.
+  """
+  argv = configs.resolve_argv(argv)
+  config_file = _config_file(argv) or _DEFAULT_CONFIG
+  if not os.path.isfile(config_file):
+    _usage_error(f"--config: no such file {config_file}; pass an installed "
+                 f"recipe name ({', '.join(configs.names())}) or the path "
+                 "of a .py file that defines get_config()")
+  try:
+    rest = FLAGS(argv)
+    config = FLAGS.config
+  except SyntaxError as e:
+    _usage_error(f"--config: syntax error in {config_file} line {e.lineno}: "
+                 f"{e.msg}; fix the file")
+  except (AttributeError, KeyError, flags.Error, OSError) as e:
+    _override_error(argv, e)
+  if not isinstance(config, ml_collections.ConfigDict):
+    _usage_error(f"--config: get_config() of {config_file} returned a "
+                 f"{type(config).__name__}, not an ml_collections.ConfigDict;"
+                 " make it return one (e.g. start from "
+                 "mexd.config_lib.base_config())")
+  return rest
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every bad input gives one clear error naming the problem; nothing is written."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -116,3 +117,47 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
   assert lines[-1].startswith("mexd.train: error: unknown method 'foo'")
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()
+
+
+# (files to write in tmp_path, mexd.train arguments, regex of the one line)
+BAD_CLI = [
+    ({}, ["--config={tmp}/missing.py"],
+     r"--config: no such file .*missing\.py; pass an installed recipe name "
+     r"\(.*digits.*\) or the path of a \.py file that defines get_config\(\)"),
+    ({"syn.py": "def get_config(:\n"}, ["--config={tmp}/syn.py"],
+     r"--config: syntax error in .*syn\.py line 1: .*; fix the file"),
+    ({"wrong.py": "def get_config():\n  return {'a': 1}\n"},
+     ["--config={tmp}/wrong.py"],
+     r"get_config\(\) of .*wrong\.py returned a dict, not an "
+     r"ml_collections\.ConfigDict"),
+    ({}, ["--config.num_epoch=3"],
+     r"--config\.num_epoch: no such config key .*did you mean "
+     r"--config\.num_epochs"),
+    ({}, ["--config=digits", "--config.num_epoch=3"],
+     r"--config\.num_epoch: no such config key .*did you mean "
+     r"--config\.num_epochs"),
+    ({}, ["--config.loss.pl.temp=2"],
+     r"--config\.loss\.pl\.temp: no such config key .*did you mean "
+     r"--config\.loss\.pl\.t0"),
+    ({}, ["--config.method=foo"], r"unknown method 'foo'"),
+]
+
+
+@pytest.mark.parametrize("files,args,pattern", BAD_CLI,
+                         ids=[" ".join(a) for _, a, _ in BAD_CLI])
+def test_cli_bad_config_one_line_exit_2(tmp_path, files, args, pattern):
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "mexd.train",
+         *[a.format(tmp=tmp_path) for a in args], f"--workdir={workdir}"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if "error:" in l]
+  assert len(errors) == 1, out.stderr[-2000:]
+  assert errors[0].startswith("mexd.train: error: "), errors
+  assert re.search(pattern, errors[0]), errors[0]
+  assert not workdir.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)

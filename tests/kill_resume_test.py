@@ -88,8 +88,30 @@ def test_sigterm_checkpoints_before_exit(tmp_path, reference):
   err = open(tmp_path / "stderr.txt").read()
   m = re.search(r"Stopped at step (\d+) after SIGTERM", err)
   assert m, err[-2000:]
+  assert "resume with the same command" in err
   assert _steps(workdir)[-1] == int(m.group(1))
   _run(workdir)
+  _assert_same_params(reference, workdir)
+
+
+def test_sigint_checkpoints_and_exits_130(tmp_path, reference):
+  """Ctrl-C: like SIGTERM, status 130, a resume hint, no traceback."""
+  workdir = str(tmp_path / "run")
+  with open(tmp_path / "stderr.txt", "w") as log:
+    proc = _start_and_wait_for_checkpoint(workdir, 6, log)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+  err = open(tmp_path / "stderr.txt").read()
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+  m = re.search(r"mexd.train: stopped at step (\d+) after SIGINT "
+                r"\(checkpoint saved\); resume with the same command: "
+                r"python -m mexd.train (.*)", err)
+  assert m, err[-2000:]
+  assert m.group(2).split() == _cmd(workdir)[3:]
+  assert _steps(workdir)[-1] == int(m.group(1))
+  out = _run(workdir)
+  assert f"Resuming from step {m.group(1)}" in out.stdout
   _assert_same_params(reference, workdir)
 
 

@@ -360,13 +360,17 @@ def test_train_resume_evaluate_overwrite_on_gs(gcs, tmp_path, capsys):
                               trials=5, timing=False)
   assert out["anytime"]["test_acc"] == pytest.approx(res["test"]["acc"])
   ev = json.load(open(gcs.file("runs/digits/eval/eval.json")))
+  assert ev["accuracy_drop"]["thresholds"][-1] == "-inf"  # Strict JSON.
+  ev = evaluate.load_eval(f"{wd}/eval/eval.json")  # Read through epath.
   assert ev["accuracy_drop"]["thresholds"] == out["accuracy_drop"][
       "thresholds"]
   for png in ("anytime.png", "budget.png"):
     assert open(gcs.file(f"runs/digits/eval/{png}"), "rb").read(8) == (
         b"\x89PNG\r\n\x1a\n"), png
-  policy = json.load(open(gcs.file("runs/digits/exit_policy.json")))
-  assert policy["thresholds"] == out["accuracy_drop"]["thresholds"]
+  policy = evaluate.load_exit_policy(f"{wd}/exit_policy.json")
+  np.testing.assert_array_equal(
+      policy["thresholds"],
+      np.asarray(out["accuracy_drop"]["thresholds"], np.float32))
 
   # Another config is refused; --overwrite moves the old run aside.
   other = _config(method="ce")
