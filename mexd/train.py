@@ -492,6 +492,12 @@ def _override_error(argv, e):
             if close else "see the recipe for its keys")
     _usage_error(f"--config.{key}: no such config key in {config_file}; "
                  f"{hint}")
+  # An error raised by get_config(arg) (e.g. a bad recipe argument) reaches
+  # here wrapped with its traceback text: keep its last line.
+  import re  # pylint: disable=g-import-not-at-top
+  raised = re.findall(r"^\s*(?:\w+\.)*\w*Error: (.+)$", str(e), re.M)
+  if "Traceback" in str(e) and raised:
+    _usage_error(f"--config: {raised[-1]}")
   _usage_error(f"--config: {' '.join(str(e).split())[:300]}")
 
 

@@ -140,6 +140,14 @@ BAD_CLI = [
      r"--config\.loss\.pl\.temp: no such config key .*did you mean "
      r"--config\.loss\.pl\.t0"),
     ({}, ["--config.method=foo"], r"unknown method 'foo'"),
+    # The strict recipe parser, through the CLI (bare word and form).
+    ({}, ["--config=digits:limted"],
+     r"--config: unknown config argument 'limted'; valid arguments: "
+     r".*setting=full\|limited"),
+    ({}, ["--config=configs/digits.py:limited=ture"],
+     r"unknown config argument 'limited' \(did you mean setting=limited"),
+    ({}, ["--config=fashion_mnist:setting=limited,semisup=ture"],
+     r"semisup='ture' is not a boolean"),
 ]
 
 
