@@ -533,9 +533,9 @@ def run_tasks(tasks: List[Dict], jobs: int, on_done) -> List[Dict]:
         pending.remove(t)
         ensure_teacher(t)
         running[pool.submit(run_one, t)] = t
-      finished, _ = concurrent.futures.wait(
+      completed, _ = concurrent.futures.wait(
           running, return_when=concurrent.futures.FIRST_COMPLETED)
-      for fut in finished:
+      for fut in completed:
         t = running.pop(fut)
         records.append(fut.result())
         finished(t, records[-1])
