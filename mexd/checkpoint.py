@@ -9,9 +9,11 @@ written on 8 devices restores on 1 device and back.
 """
 
 import hashlib
-from typing import Any, Optional
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -80,33 +82,99 @@ def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state):
   return restored["state"]
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state
-                   ) -> Optional[Any]:
-  """Restores the newest readable checkpoint, or returns None if there is none.
+class Restored(NamedTuple):
+  """What `restore_latest` found.
 
-  A checkpoint that fails to load (truncated, corrupted) is skipped with a
-  warning and the previous one is tried; if checkpoints exist but none can be
-  read, this raises instead of silently starting from scratch.
+  step: the restored checkpoint's step. state: the restored pytree.
+  unreadable: (step, reason) of every newer checkpoint that failed to read
+  or verify (the run is not at its newest step when this is non-empty).
+  """
+  step: int
+  state: Any
+  unreadable: Tuple[Tuple[int, str], ...]
+
+
+AbstractFn = Callable[[int], Any]
+
+
+def restore_latest(manager: ocp.CheckpointManager,
+                   abstract_state: Union[Any, AbstractFn]
+                   ) -> Optional[Restored]:
+  """Restores the newest checkpoint that reads and verifies, or None if none.
+
+  The one restore rule of mexd: training (resume), evaluation and an ERDE
+  teacher all read a run through this. Checkpoints are tried newest first;
+  one that fails (a missing or damaged file, bytes that do not match the
+  saved SHA-256) is skipped with a warning and recorded in `unreadable`.
+  Only finished checkpoints are seen (orbax lists no step whose write is in
+  flight), so a run that is still training can be read.
+
+  Args:
+    manager: the run's checkpoint manager.
+    abstract_state: the restore target, a pytree of ShapeDtypeStructs with
+      shardings, or a function step -> that pytree (e.g. read from the
+      step's own metadata).
+
+  Returns:
+    Restored(step, state, unreadable), or None when there is no checkpoint.
+
+  Raises:
+    RuntimeError: checkpoints exist but none can be read (refusing to train
+      from scratch over them).
   """
   steps = sorted(manager.all_steps(), reverse=True)
   errors = []
   for step in steps:
     try:
-      state = restore_step(manager, step, abstract_state)
+      target = (abstract_state(step) if callable(abstract_state)
+                else abstract_state)
+      state = restore_step(manager, step, target)
       if errors:
         logging.warning("Fell back to checkpoint %d; unreadable: %s", step,
-                        "; ".join(errors))
-      return state
+                        "; ".join(f"step {s}: {m}" for s, m in errors))
+      return Restored(step, state, tuple(errors))
     except Exception as e:  # pylint: disable=broad-except
-      msg = f"step {step}: {type(e).__name__}: {str(e)[:200]}"
-      logging.warning("Checkpoint unreadable, trying an older one (%s)", msg)
-      errors.append(msg)
+      msg = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+      logging.warning("Checkpoint %d unreadable, trying an older one (%s)",
+                      step, msg)
+      errors.append((step, msg))
   if errors:
     raise RuntimeError(
-        f"no readable checkpoint in {manager.directory} "
-        f"({'; '.join(errors)}); refusing to train from scratch over it. "
-        "Move the directory away to start afresh.")
+        f"no readable checkpoint in {manager.directory} ("
+        f"{'; '.join(f'step {s}: {m}' for s, m in errors)}); refusing to "
+        "train from scratch over it. Move the directory away to start "
+        "afresh.")
   return None
+
+
+def set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]
+              ) -> Optional[epath.Path]:
+  """Moves the checkpoints `steps` to <workdir>/damaged-checkpoints/.
+
+  Training calls this for the unreadable checkpoints newer than the one it
+  resumes from, so that it writes those steps again (orbax never replaces
+  a step that exists) and evaluation cannot meet them. Returns the folder
+  they went to (None if `steps` is empty). Process 0 moves; every process
+  reloads the manager's step list.
+  """
+  if not steps:
+    return None
+  root = epath.Path(manager.directory)
+  aside = root.parent / "damaged-checkpoints"
+  if jax.process_index() == 0:
+    aside.mkdir(parents=True, exist_ok=True)
+    stamp = int(time.time())
+    for step in steps:
+      src = root / str(step)
+      if src.exists():
+        src.rename(aside / f"{step}-{stamp}")
+  if jax.process_count() > 1:  # Every process sees the moved steps.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("mexd_set_aside")
+  manager.reload()
+  logging.warning("Moved the unreadable checkpoints %s to %s; they are "
+                  "written again.", list(steps), aside)
+  return aside
 
 
 def save(manager: ocp.CheckpointManager, step: int, state,

@@ -233,6 +233,12 @@ def validate(config) -> None:
   _require(0 <= d.unlabeled_batch < config.batch_size,
            f"config.data.unlabeled_batch must be in [0, batch_size="
            f"{config.batch_size}), got {d.unlabeled_batch!r}")
+  seed = d.get("split_seed", 0)
+  _require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+           "config.data.split_seed must be an integer >= 0 (the seed of the "
+           f"train/val split and of the labeled subset), got {seed!r}")
+  _require(isinstance(config.seed, int) and config.seed >= 0,
+           f"config.seed must be an integer >= 0, got {config.seed!r}")
   _require(config.augment.crop_pad >= 0, "config.augment.crop_pad must be "
            f">= 0, got {config.augment.crop_pad!r}")
   _require(config.method in losses.method_names(),

@@ -31,8 +31,11 @@ Reported:
 """
 
 import os
+import re
+import sys
 import time
 from typing import Any, Dict, Sequence
+import warnings
 
 from absl import app
 from absl import flags
@@ -137,7 +140,8 @@ def _time(fn, repeats: int = 3) -> float:
 
 
 def staged_speedup(model, variables, images: np.ndarray, thresholds,
-                   policy: str, batch_size: int = 256) -> Dict[str, Any]:
+                   policy: str, batch_size: int = 256,
+                   **predictor_kwargs) -> Dict[str, Any]:
   """Wall-clock of staged inference vs the one-pass network on `images`.
 
   Both run batches of `batch_size`: the one-pass forward chunk by chunk,
@@ -147,13 +151,16 @@ def staged_speedup(model, variables, images: np.ndarray, thresholds,
 
   Args:
     images: [N, H, W, C] preprocessed float32 images.
+    **predictor_kwargs: mean, std, image_shape for the `StagedPredictor`'s
+      input checks.
 
   Returns:
     dict with predictions/exits of the staged run, seconds of both paths and
     the measured speed-up.
   """
   full = xla_options.jit(lambda v, x: model.apply(v, x, train=False)[0][-1])
-  staged = ee.StagedPredictor(model, variables, thresholds, policy)
+  staged = ee.StagedPredictor(model, variables, thresholds, policy,
+                              **predictor_kwargs)
   chunks = [images[i:i + batch_size] for i in range(0, len(images),
                                                     batch_size)]
   def run_full():
@@ -171,10 +178,100 @@ def staged_speedup(model, variables, images: np.ndarray, thresholds,
           "speedup": t_full / t_staged}
 
 
+# What each argument accepts; the CLI flag of `chosen_policy` is --policy.
+_VALID = {
+    "policies": "a comma-separated list of exit policies ({policies})",
+    "budgets": "comma-separated fractions of the full network's cost in "
+               "(0, 1], e.g. 0.5,0.8",
+    "eps": "a tolerated accuracy drop in (0, 1), e.g. 0.02",
+    "delta": "a failure probability in (0, 1), or {none} for the empirical "
+             "rule (no guarantee)",
+    "trials": "an integer >= 0 (0 skips the violation rate)",
+    "policy": "one exit policy ({policies})",
+    "workdir": "the work directory of a training run",
+}
+
+
+def _valid(flag: str, cli: bool) -> str:
+  return _VALID[flag].format(policies=", ".join(ee.policy_names()),
+                             none="0" if cli else "None")
+
+
+def check_args(*, policies: Sequence[str], budgets: Sequence[float],
+               eps: float, delta, trials: int, chosen_policy: str,
+               cli: bool = False) -> None:
+  """Checks the arguments of `evaluate_run` before anything is loaded.
+
+  Raises:
+    ValueError: naming the argument (its --flag if `cli`) and what it
+      accepts.
+  """
+  def name(flag, arg=None):
+    return f"--{flag}" if cli else (arg or flag)
+
+  def bad(flag, got, arg=None):
+    raise ValueError(f"{name(flag, arg)} must be {_valid(flag, cli)}; got "
+                     f"{got}")
+
+  if not policies:
+    bad("policies", "an empty list")
+  for flag, arg, values in (("policies", None, policies),
+                            ("policy", "chosen_policy", [chosen_policy])):
+    for p in values:
+      try:
+        ee.policies.check_policy(p)
+      except ValueError as e:
+        raise ValueError(f"{name(flag, arg)}: {e}") from None
+  if not budgets:
+    bad("budgets", "an empty list")
+  for b in budgets:
+    if not 0 < b <= 1:
+      bad("budgets", b)
+  if not 0 < eps < 1:
+    bad("eps", eps)
+  if delta is not None and not 0 < delta < 1:
+    bad("delta", delta)
+  if isinstance(trials, bool) or int(trials) != trials or trials < 0:
+    bad("trials", trials)
+
+
+def checkpoint_report(workdir: str, ckpt: workdir_lib.RunCheckpoint
+                      ) -> Dict[str, Any]:
+  """Which checkpoint is evaluated, and a warning if it is not the final one.
+
+  Returns {"step": evaluated step, "final_step": the step training ended at
+  (results.json; None while the run has not finished), "unreadable": [[step,
+  reason]...] newer checkpoints skipped, "warning": text or None}.
+  """
+  res_path = paths.path(workdir) / "results.json"
+  final = None
+  if res_path.exists():
+    try:
+      done = paths.read_json(res_path)
+      final = int(done.get("checkpoint_step", done.get("steps")))
+    except (ValueError, TypeError):
+      final = None
+  warning = None
+  if ckpt.unreadable:
+    warning = (f"evaluating checkpoint {ckpt.step}: the newer checkpoint(s) "
+               f"{[s for s, _ in ckpt.unreadable]} could not be read "
+               f"({ckpt.unreadable[0][1][:120]}); rerun python -m mexd.train "
+               "on this work directory to write them again")
+  elif final is None:
+    warning = (f"evaluating checkpoint {ckpt.step}: the run has not finished "
+               "(no results.json; it may still be training)")
+  elif ckpt.step != final:
+    warning = (f"evaluating checkpoint {ckpt.step}, not the final step "
+               f"{final} of results.json")
+  return {"step": ckpt.step, "final_step": final,
+          "unreadable": [list(u) for u in ckpt.unreadable],
+          "warning": warning}
+
+
 def evaluate_run(workdir: str, *, policies: Sequence[str] = (
     "max_prob", "entropy", "margin", "patience"),
                  budgets: Sequence[float] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                 eps: float = 0.01, delta: float = 0.1, trials: int = 100,
+                 eps: float = 0.02, delta: float = 0.1, trials: int = 100,
                  chosen_policy: str = "max_prob", plots: bool = True,
                  timing: bool = True) -> Dict[str, Any]:
   """Evaluates the run in `workdir`; returns (and writes) the results dict.
@@ -183,28 +280,29 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
     workdir: a finished (or checkpointed) training run.
     policies: exit policies to compare (mexd.early_exit.policy_names()).
     budgets: average-cost budgets as fractions of the full network's cost.
-    eps: tolerated accuracy drop vs the final exit (absolute, e.g. 0.01).
+    eps: tolerated accuracy drop vs the final exit (absolute, e.g. 0.02).
+      Learn-then-Test needs n >= log(delta) / log(1 - eps) validation
+      images to certify any early exit (`ee.calibrate.ltt_min_n`): 230 for
+      eps = 0.01, delta = 0.1, more than digits' 180; 114 for eps = 0.02.
+      With fewer, the result's accuracy_drop "note" says so.
     delta: the guarantee's failure probability (None: empirical rule only).
-    trials: random calibration/test splits for the violation rate.
+    trials: random calibration/test splits for the violation rate (0: none).
     chosen_policy: the policy saved in exit_policy.json (calibrated to eps,
       delta).
     plots: write PNG plots.
     timing: measure staged vs one-pass wall-clock.
   """
-  for p in list(policies) + [chosen_policy]:
-    ee.policies.check_policy(p)
-  for b in budgets:
-    if not 0 < b <= 1:
-      raise ValueError(f"budget fractions must be in (0, 1] (fractions of "
-                       f"the full network's cost), got {b}")
-  if not 0 <= eps < 1:
-    raise ValueError(f"eps must be in [0, 1), got {eps}")
-  if delta is not None and not 0 < delta < 1:
-    raise ValueError(f"delta must be in (0, 1), got {delta}")
+  check_args(policies=policies, budgets=budgets, eps=eps, delta=delta,
+             trials=trials, chosen_policy=chosen_policy)
   config = workdir_lib.load_config(workdir)
-  variables = workdir_lib.load_variables(workdir)
+  ckpt = workdir_lib.read_checkpoint(workdir)
+  variables = ckpt.variables
+  checkpoint_info = checkpoint_report(workdir, ckpt)
+  if checkpoint_info["warning"]:
+    print(f"mexd.evaluate: warning: {checkpoint_info['warning']}",
+          file=sys.stderr, flush=True)
   splits, indices = data_lib.load_splits(config.data)
-  saved = paths.load_npz(paths.path(workdir) / "splits.npz")
+  saved = workdir_lib.load_splits(workdir)
   if not np.array_equal(saved["val"], indices["val"]):
     raise ValueError(f"the validation split recomputed for {workdir} differs "
                      "from the one saved in splits.npz; the data set changed")
@@ -222,7 +320,8 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
   macs = np.array([r["macs"] for r in cost_rows], np.float64)
   full = macs[-1]
   res: Dict[str, Any] = {
-      "workdir": workdir, "method": config.method,
+      "workdir": workdir, "checkpoint": checkpoint_info,
+      "method": config.method,
       "model": config.model.name, "data": config.data.name,
       "exit_macs": _tolist(macs),
       "cost_rule": "MACs per image of the compiled cascade (stages 0..k, "
@@ -254,9 +353,11 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
           "thresholds": _tolist(cal.thresholds)})
   res["budget_calibration"] = budget_rows
 
-  cal = ee.calibrate_accuracy_drop(val_logits, val.labels, eps=eps,
-                                   policy=chosen_policy, delta=delta,
-                                   exit_costs=macs)
+  with warnings.catch_warnings():  # The note goes into res and the summary.
+    warnings.simplefilter("ignore", ee.calibrate.CertificationWarning)
+    cal = ee.calibrate_accuracy_drop(val_logits, val.labels, eps=eps,
+                                     policy=chosen_policy, delta=delta,
+                                     exit_costs=macs)
   sim = ee.simulate(test_logits, test.labels, cal.thresholds, chosen_policy,
                     macs)
   final_acc = float(res["anytime"]["test_acc"][-1])
@@ -268,7 +369,11 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
       "test_drop": final_acc - float(sim["accuracy"]),
       "test_avg_macs": float(sim["avg_cost"]),
       "ideal_speedup": float(full / sim["avg_cost"]),
-      "exit_fraction": _tolist(sim["exit_fraction"])}
+      "exit_fraction": _tolist(sim["exit_fraction"]),
+      "val_examples": len(val)}
+  if delta is not None:  # Fewest validation images that can certify an exit.
+    res["accuracy_drop"]["min_val_examples"] = cal.info["min_n"]
+    res["accuracy_drop"]["note"] = cal.info["note"]
   if trials:
     pool_logits = np.concatenate([val_logits, test_logits], axis=1)
     pool_labels = np.concatenate([val.labels, test.labels])
@@ -280,7 +385,8 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
   if timing:
     x = np.asarray(steps.preprocess(None, test.images, mean=tr.mean,
                                     std=tr.std, train=False))
-    sp = staged_speedup(model, variables, x, cal.thresholds, chosen_policy)
+    sp = staged_speedup(model, variables, x, cal.thresholds, chosen_policy,
+                        mean=tr.mean, std=tr.std, image_shape=tr.image_shape)
     same = float(np.mean(sp["predictions"] == sim["predictions"]))
     res["staged"] = {
         "seconds_full": sp["seconds_full"],
@@ -313,7 +419,9 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
 
 def format_summary(res: Dict[str, Any]) -> str:
   """A short text report of an evaluate_run result."""
-  lines = [f"{res['data']} / {res['model']} / {res['method']}",
+  step = res.get("checkpoint", {}).get("step")
+  lines = [f"{res['data']} / {res['model']} / {res['method']}"
+           + (f" (checkpoint step {step})" if step is not None else ""),
            "exit   MACs        test acc"]
   for k, (m, a) in enumerate(zip(res["anytime"]["macs"],
                                  res["anytime"]["test_acc"])):
@@ -324,6 +432,10 @@ def format_summary(res: Dict[str, Any]) -> str:
       f"{100 * d['test_acc']:.2f}% (drop {100 * d['test_drop']:.2f} points),"
       f" avg MACs {d['test_avg_macs']:.3g} (ideal speed-up "
       f"{d['ideal_speedup']:.2f}x)")
+  if d.get("note"):
+    lines.append(f"note: {d['note']}")
+  if res.get("checkpoint", {}).get("warning"):
+    lines.append(f"warning: {res['checkpoint']['warning']}")
   if "violation_rate" in d:
     lines.append(f"guarantee violated in {100 * d['violation_rate']:.1f}% of "
                  f"{d['violation_trials']} random splits")
@@ -347,29 +459,64 @@ def define_flags():
                     "Exit policies to compare.")
   flags.DEFINE_list("budgets", ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9"],
                     "Average-cost budgets, fractions of the full cost.")
-  flags.DEFINE_float("eps", 0.01, "Tolerated accuracy drop vs the final exit.")
-  flags.DEFINE_float("delta", 0.1, "Failure probability of the guarantee "
-                     "(0: no guarantee, empirical rule).")
-  flags.DEFINE_integer("trials", 100, "Random splits for the violation rate.")
+  flags.DEFINE_float("eps", 0.02, "Tolerated accuracy drop vs the final "
+                     "exit, in (0, 1). The guarantee needs >= log(delta) / "
+                     "log(1 - eps) validation images (114 at the defaults, "
+                     "230 at eps=0.01: more than digits' 180).")
+  flags.DEFINE_float("delta", 0.1, "Failure probability of the guarantee, "
+                     "in (0, 1) (0: no guarantee, empirical rule).")
+  flags.DEFINE_integer("trials", 100, "Random splits for the violation rate "
+                       "(>= 0; 0: none).")
   flags.DEFINE_string("policy", "max_prob", "Policy saved in "
                       "exit_policy.json.")
   flags.DEFINE_bool("timing", True, "Measure staged inference wall-clock.")
 
 
+def _usage_error(msg: str):
+  """`mexd.evaluate: error: msg` on stderr and exit status 2."""
+  print(f"mexd.evaluate: error: {' '.join(msg.split())}", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing; a bad flag is one `mexd.evaluate: error:` line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    m = re.match(r"flag --(\w+)=", str(e))
+    flag = m and m.group(1)
+    msg = str(e).rstrip(".")
+    _usage_error(f"{msg}; --{flag} takes {_valid(flag, True)}" if flag
+                 in _VALID else msg)
+
+
+def _budgets(values) -> list:
+  """--budgets strings -> floats; a word that is no number names the flag."""
+  out = []
+  for v in values:
+    try:
+      out.append(float(v))
+    except ValueError:
+      raise ValueError(f"--budgets must be {_valid('budgets', True)}; got "
+                       f"{v!r} (not a number)") from None
+  return out
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    _usage_error(f"unexpected arguments {argv[1:]}; flags are --name=value")
   hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.hostmem.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   with errors.one_line_errors("mexd.evaluate"):
-    res = evaluate_run(
-        FLAGS.workdir, policies=FLAGS.policies,
-        budgets=[float(b) for b in FLAGS.budgets], eps=FLAGS.eps,
-        delta=FLAGS.delta or None, trials=FLAGS.trials,
-        chosen_policy=FLAGS.policy, timing=FLAGS.timing)
+    args = dict(policies=FLAGS.policies, budgets=_budgets(FLAGS.budgets),
+                eps=FLAGS.eps, delta=FLAGS.delta or None, trials=FLAGS.trials,
+                chosen_policy=FLAGS.policy)
+    check_args(**args, cli=True)  # Before anything is loaded.
+    res = evaluate_run(FLAGS.workdir, timing=FLAGS.timing, **args)
   print(format_summary(res))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -20,9 +20,11 @@ in memory and each flush uploads it whole.
   (True, False)
 """
 
+import errno
 import io
 import json
 import os
+import shutil
 import threading
 from typing import Any, Dict, Union
 
@@ -44,6 +46,72 @@ def path(p: PathLike) -> epath.Path:
   a local folder named "gs:".
   """
   return epath.Path(os.path.abspath(os.fspath(p)) if is_local(p) else p)
+
+
+class WorkdirWriteError(OSError):
+  """The work directory cannot be written (read-only, full, a file...)."""
+
+  def __str__(self):
+    return self.strerror
+
+
+_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a component of the path is a file, not a directory",
+    errno.EEXIST: "a file of that name is in the way",
+    errno.EISDIR: "a directory is in the way",
+}
+
+
+def write_error(workdir: PathLike, e: OSError,
+                last_step: int | None = None) -> WorkdirWriteError:
+  """A one-line WorkdirWriteError for `e`: the path, the cause, what to do.
+
+  `last_step`: the newest intact checkpoint, named in the message so the
+  user knows the run resumes from it.
+  """
+  cause = _CAUSES.get(e.errno, e.strerror or type(e).__name__)
+  if e.errno in _CAUSES and e.strerror and e.strerror != os.strerror(e.errno):
+    cause += f", {e.strerror}"  # A detail such as the free space.
+  where = e.filename or workdir
+  resume = (f"; the last good checkpoint (step {last_step}) is intact: fix "
+            "this and rerun the same command to resume" if last_step
+            else "; fix this (or pass another --workdir) and rerun")
+  return WorkdirWriteError(
+      e.errno, f"cannot write to the work directory {workdir}: {cause} "
+      f"({where}){resume}")
+
+
+def check_writable(directory: PathLike, nbytes: int, workdir: PathLike,
+                   last_step: int | None = None) -> None:
+  """Raises WorkdirWriteError unless `directory` can take `nbytes` more.
+
+  Local folders only (a bucket has no free-space figure): a small file is
+  written and removed (a read-only or vanished folder fails here, at once,
+  instead of inside orbax's asynchronous write), and the free space must
+  exceed `nbytes` plus 10 % and 1 MiB.
+  """
+  if not is_local(directory):
+    return
+  d = os.fspath(directory)
+  probe = os.path.join(d, f".write-probe-{os.getpid()}")
+  try:
+    os.makedirs(d, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"0")
+    os.remove(probe)
+    free = shutil.disk_usage(d).free
+  except OSError as e:
+    raise write_error(workdir, e, last_step) from e
+  need = int(nbytes * 1.1) + (1 << 20)
+  if free < need:
+    raise write_error(workdir, OSError(
+        errno.ENOSPC, f"{free / 2**20:.1f} MiB free, a checkpoint needs "
+        f"{need / 2**20:.1f} MiB", d), last_step)
 
 
 def read_json(p: PathLike) -> Any:

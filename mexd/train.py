@@ -12,6 +12,7 @@ events) and results.json (final per-exit accuracy). Re-running the same
 command resumes from the newest checkpoint.
 """
 
+import contextlib
 import functools
 import os
 import signal
@@ -34,6 +35,7 @@ from mexd import configs
 from mexd import data as data_lib
 from mexd import errors
 from mexd import hostmem
+from mexd import lock as lock_lib
 from mexd import losses
 from mexd import metrics as metrics_lib
 from mexd import models
@@ -212,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_ds = splits["train"]
   num_classes, image_shape = train_ds.num_classes, train_ds.image_shape
   model = build_model(config, num_classes)
+  models.check_input_size(config.model.name, image_shape)
   mesh = sharding.make_mesh(config.get("num_devices"))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh)
@@ -246,120 +249,165 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "image": jax.ShapeDtypeStruct((config.batch_size,) + image_shape,
                                     jnp.uint8),
       "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)})
-  workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
-  state_sh = jax.tree.map(lambda _: repl, abstract)
-  manager = checkpoint.make_manager(
-      workdir, max_to_keep=config.keep_checkpoints,
-      save_interval_steps=1)
-  state = checkpoint.restore_latest(
-      manager, checkpoint.abstract_like(abstract, state_sh))
-  if state is None:
-    state = jax.jit(init_fn, out_shardings=state_sh)(rng)
-  start = int(jax.device_get(state.step))
-  if start and jax.process_index() == 0:
-    print(f"Resuming from step {start} in {workdir}", flush=True)
+  # One writer per work directory (released on return, error, SIGTERM); a
+  # failed write (full disk, read-only folder) is one message naming the
+  # path, the cause and the last good checkpoint.
+  held = {}
+  with lock_lib.WorkdirLock(workdir, prog="mexd.train") as lock, \
+      _write_errors(workdir, held):
+    workdir_lib.prepare(workdir, config, split_idx, overwrite=overwrite)
+    state_sh = jax.tree.map(lambda _: repl, abstract)
+    manager = checkpoint.make_manager(
+        workdir, max_to_keep=config.keep_checkpoints,
+        save_interval_steps=1)
+    held["manager"] = manager
+    restored = checkpoint.restore_latest(
+        manager, checkpoint.abstract_like(abstract, state_sh))
+    if restored is None:
+      state = jax.jit(init_fn, out_shardings=state_sh)(rng)
+    else:
+      state = restored.state
+      if restored.unreadable:  # Written again from the older step.
+        bad = [s for s, _ in restored.unreadable]
+        aside = checkpoint.set_aside(manager, bad)
+        if jax.process_index() == 0:
+          print(f"mexd.train: warning: checkpoint(s) {bad} could not be read "
+                f"({restored.unreadable[0][1][:120]}); resuming from step "
+                f"{restored.step} and writing them again (the damaged ones "
+                f"are in {aside})", file=sys.stderr, flush=True)
+    start = int(jax.device_get(state.step))
+    if start and jax.process_index() == 0:
+      print(f"Resuming from step {start} in {workdir}", flush=True)
+    state_bytes = sum(x.size * x.dtype.itemsize
+                      for x in jax.tree.leaves(abstract))
 
-  train_step = xla_options.jit(
-      step_fn, in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
-      donate_argnums=(0,))
-  predictor = Predictor(model, train_ds.mean, train_ds.std, mesh,
-                        config.eval_batch_size, dtype, image_shape)
-  writer = metrics_lib.MetricWriter(workdir)
-  variables = lambda s: {"params": s.params["model"],
-                         "batch_stats": s.batch_stats}
+    def save(step, force=False):
+      """Checks the work directory can take a checkpoint, then saves."""
+      if jax.process_index() == 0:
+        paths.check_writable(manager.directory, state_bytes, workdir,
+                             last_step=manager.latest_step())
+      try:
+        checkpoint.save(manager, step, state, force=force)
+      except OSError as e:
+        raise paths.write_error(workdir, e, manager.latest_step()) from e
 
-  def evaluate(s, split):
-    ds = splits[split]
-    res = accuracy_table(predictor.logits(variables(s), ds), ds.labels)
-    writer.write_scalars(int(jax.device_get(s.step)), {
-        **{f"acc/exit{k}": a for k, a in enumerate(res["acc"])},
-        **{f"ens_acc/exit{k}": a for k, a in enumerate(res["ens_acc"])}},
-        split=split)
-    return res
+    train_step = xla_options.jit(
+        step_fn, in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
+        donate_argnums=(0,))
+    predictor = Predictor(model, train_ds.mean, train_ds.std, mesh,
+                          config.eval_batch_size, dtype, image_shape)
+    writer = metrics_lib.MetricWriter(workdir)
+    variables = lambda s: {"params": s.params["model"],
+                           "batch_stats": s.batch_stats}
 
-  is_main = jax.process_index() == 0
-  bar = None
-  if is_main and config.get("progress_bar", True) and start < total_steps:
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(total=total_steps, initial=start, unit="step",
-                    dynamic_ncols=True, file=sys.stdout,
-                    desc=f"{config.data.name}/{config.method}")
-  pending = []
-  t0, t_log, step = time.time(), time.time(), start
-  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-  with _Preempted() as preempted:
-    for step, batch in pipeline.prefetch(batches, start, total_steps, bsh):
-      state, m = train_step(state, batch)
-      pending.append(m)
-      if len(pending) > 2:  # At most 2 steps in flight: an honest ETA.
-        jax.block_until_ready(pending[-3]["loss"])
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == total_steps:
-        rows = jax.device_get(pending)
-        avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        _check_finite(rows, done - len(rows), config)
-        avg["lr"] = float(lr_fn(done - 1))
-        now = time.time()
-        avg["images_per_sec"] = (len(rows) * config.batch_size
-                                 / max(now - t_log, 1e-9))
-        t_log = now
-        writer.write_scalars(done, avg)
+    def evaluate(s, split):
+      ds = splits[split]
+      res = accuracy_table(predictor.logits(variables(s), ds), ds.labels)
+      writer.write_scalars(int(jax.device_get(s.step)), {
+          **{f"acc/exit{k}": a for k, a in enumerate(res["acc"])},
+          **{f"ens_acc/exit{k}": a for k, a in enumerate(res["ens_acc"])}},
+          split=split)
+      return res
+
+    is_main = jax.process_index() == 0
+    bar = None
+    if is_main and config.get("progress_bar", True) and start < total_steps:
+      from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm.tqdm(total=total_steps, initial=start, unit="step",
+                      dynamic_ncols=True, file=sys.stdout,
+                      desc=f"{config.data.name}/{config.method}")
+    pending = []
+    t0, t_log, step = time.time(), time.time(), start
+    eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+    with _Preempted() as preempted:
+      for step, batch in pipeline.prefetch(batches, start, total_steps, bsh):
+        state, m = train_step(state, batch)
+        pending.append(m)
+        if len(pending) > 2:  # At most 2 steps in flight: an honest ETA.
+          jax.block_until_ready(pending[-3]["loss"])
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == total_steps:
+          rows = jax.device_get(pending)
+          avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+          _check_finite(rows, done - len(rows), config)
+          avg["lr"] = float(lr_fn(done - 1))
+          now = time.time()
+          avg["images_per_sec"] = (len(rows) * config.batch_size
+                                   / max(now - t_log, 1e-9))
+          t_log = now
+          writer.write_scalars(done, avg)
+          lock.refresh()
+          if bar is not None:
+            bar.set_postfix(loss=f"{avg['loss']:.3f}", refresh=False)
+          pending = []
         if bar is not None:
-          bar.set_postfix(loss=f"{avg['loss']:.3f}", refresh=False)
-        pending = []
-      if bar is not None:
-        bar.update(1)
-      if done % eval_every == 0 and done != total_steps:
-        evaluate(state, "val")
-      stop_now = stop_after is not None and done >= stop_after
-      if jax.process_count() == 1:
-        sigterm = preempted.flag
-      else:  # Every process must stop (and save, a collective) at the same
-        # step: they agree at logging steps.
-        sigterm = (done % config.log_every_steps == 0
-                   and _any_process(preempted.flag))
-      if done % config.ckpt_every_steps == 0 or sigterm or stop_now:
-        checkpoint.save(manager, done, state)
-      if stop_now:
-        manager.wait_until_finished()
-        if bar is not None:
-          bar.close()
-        writer.close()
-        manager.close()
-        return {"stopped": done}
-      if sigterm:
-        manager.wait_until_finished()
-        if bar is not None:
-          bar.close()
-        writer.close()  # On a bucket, uploads the rows still in memory.
-        manager.close()
-        logging.warning("Stopped at step %d after %s.", done, preempted.name)
-        if is_main:
-          print(f"mexd.train: stopped at step {done} after {preempted.name} "
-                f"(checkpoint saved); resume with the same command: "
-                f"{_resume_command()}", file=sys.stderr, flush=True)
-        raise SystemExit(preempted.exit_status)
-  if bar is not None:
-    bar.close()
-  train_seconds = time.time() - t0
-  if total_steps not in manager.all_steps():
-    checkpoint.save(manager, total_steps, state, force=True)
-  manager.wait_until_finished()
+          bar.update(1)
+        if done % eval_every == 0 and done != total_steps:
+          evaluate(state, "val")
+        stop_now = stop_after is not None and done >= stop_after
+        if jax.process_count() == 1:
+          sigterm = preempted.flag
+        else:  # Every process must stop (and save, a collective) at the same
+          # step: they agree at logging steps.
+          sigterm = (done % config.log_every_steps == 0
+                     and _any_process(preempted.flag))
+        if done % config.ckpt_every_steps == 0 or sigterm or stop_now:
+          save(done)
+        if stop_now:
+          manager.wait_until_finished()
+          if bar is not None:
+            bar.close()
+          writer.close()
+          manager.close()
+          return {"stopped": done}
+        if sigterm:
+          manager.wait_until_finished()
+          if bar is not None:
+            bar.close()
+          writer.close()  # On a bucket, uploads the rows still in memory.
+          manager.close()
+          logging.warning("Stopped at step %d after %s.", done, preempted.name)
+          if is_main:
+            print(f"mexd.train: stopped at step {done} after {preempted.name} "
+                  f"(checkpoint saved); resume with the same command: "
+                  f"{_resume_command()}", file=sys.stderr, flush=True)
+          raise SystemExit(preempted.exit_status)
+    if bar is not None:
+      bar.close()
+    train_seconds = time.time() - t0
+    if total_steps not in manager.all_steps():
+      save(total_steps, force=True)
+    manager.wait_until_finished()
 
-  results = {split: evaluate(state, split) for split in ("val", "test")}
-  results["steps"] = total_steps
-  results["train_seconds"] = train_seconds
-  results["method_state"] = jax.tree.map(
-      lambda x: np.asarray(x).tolist(), jax.device_get(state.method_state))
-  results["skipped_steps"] = int(jax.device_get(state.skipped))
-  if is_main:
-    paths.write_json(paths.path(workdir) / "results.json", results, indent=2)
-    print(f"\nPer-exit top-1 accuracy ({config.data.name}, method "
-          f"{config.method}, {total_steps} steps, {train_seconds:.1f}s):")
-    print(format_table({"val": results["val"], "test": results["test"]}))
-  writer.close()
-  manager.close()
-  return results
+    results = {split: evaluate(state, split) for split in ("val", "test")}
+    results["steps"] = total_steps
+    results["checkpoint_step"] = total_steps  # The step evaluated here.
+    results["train_seconds"] = train_seconds
+    results["method_state"] = jax.tree.map(
+        lambda x: np.asarray(x).tolist(), jax.device_get(state.method_state))
+    results["skipped_steps"] = int(jax.device_get(state.skipped))
+    if is_main:
+      paths.write_json(paths.path(workdir) / "results.json", results, indent=2)
+      print(f"\nPer-exit top-1 accuracy ({config.data.name}, method "
+            f"{config.method}, {total_steps} steps, {train_seconds:.1f}s):")
+      print(format_table({"val": results["val"], "test": results["test"]}))
+    writer.close()
+    manager.close()
+    return results
+
+
+@contextlib.contextmanager
+def _write_errors(workdir: str, held: Dict[str, Any]):
+  """Turns an OSError of a work-directory write into a WorkdirWriteError
+  (held["manager"], once set, names the last good checkpoint)."""
+  try:
+    yield
+  except paths.WorkdirWriteError:
+    raise
+  except OSError as e:
+    m = held.get("manager")
+    raise paths.write_error(workdir, e, m.latest_step() if m else None
+                            ) from e
 
 
 def _any_process(flag: bool) -> bool:
@@ -386,8 +434,10 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  # ml_collections loads the default recipe and applies the --config.KEY
-  # overrides of sys.argv here already: a misspelled key fails now.
+  # Without a --config=... in sys.argv, ml_collections loads the default
+  # recipe and applies the --config.KEY overrides of sys.argv here already
+  # (a misspelled key fails now); `__main__` below names the recipe so that
+  # parse_flags sees every override.
   try:
     config_flags.DEFINE_config_file(
         "config", _DEFAULT_CONFIG, "Recipe: an installed name "
@@ -431,8 +481,16 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join(
       "runs", f"{config.data.name}-{config.method}")
   logging.info("Config:\n%s", config)
-  with errors.one_line_errors("mexd.train"):
-    train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+  try:
+    with errors.one_line_errors("mexd.train"):
+      train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves
+    # and exits by itself): before the first step, or in the final eval.
+    print("mexd.train: interrupted (Ctrl-C) outside the training loop; "
+          "nothing is lost: the same command starts the run or resumes it "
+          f"from its last checkpoint: {_resume_command()}", file=sys.stderr,
+          flush=True)
+    raise SystemExit(130) from None
 
 
 def _usage_error(msg: str):
@@ -501,12 +559,97 @@ def _override_error(argv, e):
   _usage_error(f"--config: {' '.join(str(e).split())[:300]}")
 
 
+def _recipe(argv, config_file):
+  """The recipe's ConfigDict for the last --config=FILE[:arg] of argv."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  arg = None
+  for a in argv[1:]:
+    if a.startswith("--config=") and ".py:" in a:
+      arg = a.split(".py:", 1)[1]
+  fn = runpy.run_path(config_file)["get_config"]
+  return fn(arg) if arg else fn()
+
+
+def _lookup(config, dotted):
+  """(found, value) of a dotted key in a ConfigDict."""
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _split_late_overrides(argv, config_file):
+  """Takes out the --config.KEY=VALUE that config_flags cannot apply.
+
+  Two kinds: KEY's value in the recipe is None (an optional hyperparameter
+  left unset, e.g. loss.sdn.tau_max, whose type config_flags cannot infer),
+  and model.kwargs.NAME that the recipe does not set (any keyword of the
+  model, `mexd.models.model_keywords`). Returns (argv without them,
+  [(KEY, VALUE text)]); `_apply_late_overrides` sets them after parsing.
+  """
+  items = [(i, a[len("--config."):].split("=", 1)) for i, a in
+           enumerate(argv) if i and a.startswith("--config.") and "=" in a]
+  if not items:
+    return argv, []
+  try:
+    recipe = _recipe(argv, config_file)
+  except Exception:  # pylint: disable=broad-except  # Reported by FLAGS().
+    return argv, []
+  late, drop = [], set()
+  for i, (key, text) in items:
+    found, value = _lookup(recipe, key)
+    if (found and value is None) or (
+        not found and key.startswith("model.kwargs.")
+        and key.count(".") == 2):
+      late.append((key, text))
+      drop.add(i)
+  return [a for i, a in enumerate(argv) if i not in drop], late
+
+
+def _literal(text: str):
+  """A Python literal of a flag value ('(0.1, 0.2)', '3', 'true'), else the
+  text itself (a string)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  low = text.strip().lower()
+  if low in ("true", "false"):
+    return low == "true"
+  if low in ("none", "null"):
+    return None
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+  return tuple(value) if isinstance(value, list) else value
+
+
+def _apply_late_overrides(config, late):
+  """Sets the overrides taken out by `_split_late_overrides` on `config`."""
+  for key, text in late:
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    if path == ["model", "kwargs"]:
+      valid = models.model_keywords(config.model.name)
+      if last not in valid:
+        _usage_error(f"--config.{key}: model {config.model.name} has no "
+                     f"keyword {last!r}; its keywords: "
+                     f"{', '.join(sorted(valid))}")
+    with node.unlocked():
+      node[last] = _literal(text)
+
+
 def parse_flags(argv):
   """absl's flag parsing, with `--config=NAME` resolved (mexd.configs).
 
   A bad --config (missing file, syntax error, get_config not returning a
   ConfigDict, a misspelled --config.KEY) is one `mexd.train: error:` line
-  and exit status 2, before anything is written.
+  and exit status 2, before anything is written. `--config.KEY=VALUE` also
+  sets a hyperparameter whose default is None (e.g. loss.sdn.tau_max) and
+  any keyword of the model (`mexd.models.model_keywords`) the recipe does
+  not set; VALUE is read as a Python literal ('(0.1, 0.2)', '3', 'conv').
   """
   argv = configs.resolve_argv(argv)
   config_file = _config_file(argv) or _DEFAULT_CONFIG
@@ -514,7 +657,16 @@ def parse_flags(argv):
     _usage_error(f"--config: no such file {config_file}; pass an installed "
                  f"recipe name ({', '.join(configs.names())}) or the path "
                  "of a .py file that defines get_config()")
+  if _config_file(argv) is None:  # Name it: config_flags then defines the
+    argv = argv[:1] + [f"--config={config_file}"] + argv[1:]  # KEY flags
+    # from the argv it parses, not from sys.argv at declaration.
+  argv, late = _split_late_overrides(argv, config_file)
+  saved_argv = sys.argv
   try:
+    # config_flags defines the --config.KEY flags from sys.argv: show it
+    # argv without the late overrides (sys.argv keeps them for the resume
+    # command).
+    sys.argv = argv
     rest = FLAGS(argv)
     config = FLAGS.config
   except SyntaxError as e:
@@ -522,14 +674,21 @@ def parse_flags(argv):
                  f"{e.msg}; fix the file")
   except (AttributeError, KeyError, flags.Error, OSError) as e:
     _override_error(argv, e)
+  finally:
+    sys.argv = saved_argv
   if not isinstance(config, ml_collections.ConfigDict):
     _usage_error(f"--config: get_config() of {config_file} returned a "
                  f"{type(config).__name__}, not an ml_collections.ConfigDict;"
                  " make it return one (e.g. start from "
                  "mexd.config_lib.base_config())")
+  _apply_late_overrides(config, late)
   return rest
 
 
 if __name__ == "__main__":
+  _argv = sys.argv  # Kept whole for the resume command.
+  if _config_file(sys.argv) is None:
+    sys.argv = sys.argv[:1] + [f"--config={_DEFAULT_CONFIG}"] + sys.argv[1:]
   define_flags()
+  sys.argv = _argv
   app.run(main, flags_parser=parse_flags)

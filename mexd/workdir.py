@@ -2,14 +2,14 @@
 
 `prepare` writes config.json and splits.npz, and refuses a directory that
 holds a run of a different config (so a typo cannot train over results).
-`load_config` / `load_variables` read a run back (evaluation, ERDE teacher).
+`load_config` / `read_checkpoint` read a run back (evaluation, ERDE teacher).
 The work directory is a local folder or a bucket URI (gs://BUCKET/PATH); all
 of its I/O goes through etils.epath (mexd/paths.py).
 """
 
 import json
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 from etils import epath
 import jax
@@ -49,6 +49,40 @@ def config_diff(old: Dict, new: Dict) -> List[str]:
                 if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
 
 
+def _read_config_json(workdir: str) -> Dict:
+  """config.json of `workdir`, with a message naming the file if it is bad."""
+  path = paths.path(workdir) / "config.json"
+  try:
+    cfg = paths.read_json(path)
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    raise WorkdirError(
+        f"{path} is damaged ({' '.join(str(e).split())[:120]}); it is the "
+        "run's saved config: restore it from a copy, or pass --overwrite "
+        "(mexd.train) to move the old run aside and start afresh") from None
+  if not isinstance(cfg, dict):
+    raise WorkdirError(f"{path} is damaged (a JSON {type(cfg).__name__}, not "
+                       "an object); restore it from a copy, or pass "
+                       "--overwrite (mexd.train) to start afresh")
+  return cfg
+
+
+def load_splits(workdir: str) -> Dict[str, np.ndarray]:
+  """The split indices saved in `workdir/splits.npz`."""
+  path = paths.path(workdir) / "splits.npz"
+  try:
+    return paths.load_npz(path)
+  except FileNotFoundError:
+    raise WorkdirError(
+        f"{path} is missing: the run's saved split indices are needed to "
+        "evaluate it on the same validation images; restore the file, or "
+        "rerun python -m mexd.train with the run's config and --workdir, "
+        "which writes it again") from None
+  except (ValueError, OSError) as e:
+    raise WorkdirError(f"{path} is damaged ({e}); restore it, or rerun "
+                       "python -m mexd.train on the work directory, which "
+                       "writes it again") from None
+
+
 def config_to_dict(config) -> Dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
@@ -65,7 +99,12 @@ def prepare(workdir: str, config, split_indices: Dict[str, np.ndarray], *,
   path = wd / "config.json"
   new = config_to_dict(config)
   if path.exists():
-    old = paths.read_json(path)
+    try:
+      old = _read_config_json(workdir)
+    except WorkdirError:
+      if not overwrite:
+        raise
+      old = {"damaged": True}
     diff = config_diff(old, new)
     if diff:
       if not overwrite:
@@ -82,7 +121,8 @@ def prepare(workdir: str, config, split_indices: Dict[str, np.ndarray], *,
 
 
 def _move_aside(wd: epath.Path):
-  """Moves all of `wd` but earlier replaced-* folders to wd/replaced-<time>/.
+  """Moves all of `wd` but earlier replaced-* folders and the lock to
+  wd/replaced-<time>/.
 
   config.json goes first, copied then deleted: on an object store a folder
   exists only once it holds a file, and epath renames only into a folder
@@ -93,7 +133,8 @@ def _move_aside(wd: epath.Path):
   (wd / "config.json").copy(aside / "config.json")
   (wd / "config.json").unlink()
   for child in sorted(wd.iterdir()):
-    if not child.name.startswith("replaced-"):
+    # The lock is this run's (mexd.lock), not the old run's.
+    if not child.name.startswith("replaced-") and child.name != ".lock":
       child.rename(aside / child.name)
 
 
@@ -103,40 +144,64 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not path.exists():
     raise WorkdirError(f"{workdir} is not a mexd run (no config.json); "
                        "pass the --workdir of a training run")
-  return ml_collections.ConfigDict(paths.read_json(path))
+  return ml_collections.ConfigDict(_read_config_json(workdir))
 
 
-def load_variables(workdir: str):
-  """{"params", "batch_stats"} of the newest checkpoint in `workdir`.
+class RunCheckpoint(NamedTuple):
+  """A run's newest readable checkpoint, read by `read_checkpoint`.
 
-  Restored as host numpy arrays (the layout of the saving run does not
-  matter), so any device count can use them.
+  variables: {"params", "batch_stats"} as host numpy arrays. step: its
+  training step. unreadable: (step, reason) of newer checkpoints that could
+  not be read.
+  """
+  variables: Dict[str, Any]
+  step: int
+  unreadable: Tuple[Tuple[int, str], ...]
+
+
+def read_checkpoint(workdir: str) -> RunCheckpoint:
+  """The model variables of the newest readable checkpoint in `workdir`.
+
+  The same rule as training's resume (`checkpoint.restore_latest`): newest
+  first, a checkpoint that fails to read or verify is skipped. Each step is
+  restored against its own saved metadata, as host arrays, so the layout of
+  the saving run does not matter (any device count can use them). A run
+  that is still training can be read: only finished checkpoints are seen.
+
+  Raises:
+    WorkdirError: no checkpoint folder, or no finished checkpoint in it.
+    RuntimeError: checkpoints exist but none can be read.
   """
   ckpt_dir = paths.path(workdir) / "checkpoints"
   if not ckpt_dir.is_dir():
     raise WorkdirError(f"{workdir} has no checkpoint (no {ckpt_dir}); train "
                        "it first with python -m mexd.train "
                        f"--workdir={workdir}")
-  # With the handler named, item_metadata() describes the arrays (else it
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  # With the handlers named, item_metadata() describes the arrays (else it
   # is None and orbax restores onto the saving run's devices).
   with ocp.CheckpointManager(ckpt_dir, item_handlers={
       "state": ocp.StandardCheckpointHandler(),
       "integrity": ocp.JsonCheckpointHandler()}) as mngr:
-    steps = mngr.all_steps()
-    if not steps:
+    if not mngr.all_steps():
       raise WorkdirError(f"{ckpt_dir} holds no finished checkpoint")
-    meta = None
-    for step in sorted(steps, reverse=True):  # The newest readable metadata.
-      try:
-        meta = mngr.item_metadata(step)["state"]
-        break
-      except Exception:  # pylint: disable=broad-except
-        continue
-    if meta is None:
-      raise RuntimeError(f"no readable checkpoint in {ckpt_dir}")
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
+
+    def abstract(step):
+      meta = mngr.item_metadata(step)["state"]
+      if meta is None:
+        raise ValueError(f"checkpoint {step} has no readable metadata")
+      return jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
+
     restored = checkpoint.restore_latest(mngr, abstract)
-  return jax.device_get({"params": restored["params"]["model"],
-                         "batch_stats": restored["batch_stats"]})
+  state = restored.state
+  return RunCheckpoint(
+      jax.device_get({"params": state["params"]["model"],
+                      "batch_stats": state["batch_stats"]}),
+      restored.step, restored.unreadable)
+
+
+def load_variables(workdir: str) -> Dict[str, Any]:
+  """{"params", "batch_stats"} of the newest readable checkpoint in `workdir`
+  (`read_checkpoint(workdir).variables`)."""
+  return read_checkpoint(workdir).variables

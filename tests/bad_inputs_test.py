@@ -148,7 +148,39 @@ BAD_CLI = [
      r"unknown config argument 'limited' \(did you mean setting=limited"),
     ({}, ["--config=fashion_mnist:setting=limited,semisup=ture"],
      r"semisup='ture' is not a boolean"),
+    # A model keyword the recipe does not set is allowed; a wrong one not.
+    ({}, ["--config.model.kwargs.widthz=(8,16,32)"],
+     r"--config\.model\.kwargs\.widthz: model digits_cnn has no keyword "
+     r"'widthz'; its keywords: .*head, .*widths"),
+    ({}, ["--config.data.split_seed=-1"],
+     r"config\.data\.split_seed must be an integer >= 0 .*got -1"),
+    ({}, ["--config.data.data_dir=/tmp"],
+     r"data_dir='/tmp' is ignored by 'digits', which ships inside "
+     r"scikit-learn; leave data_dir unset"),
+    ({}, ["--config.model.name=msdnet_cifar"],
+     r"model 'msdnet_cifar' is built for 32x32 images and needs at least "
+     r"16x16; the data's images are 8x8: pick a model for this size "
+     r"\(digits_cnn, fashion_cnn, small_cnn\)"),
 ]
+
+
+def test_cli_sets_unset_hyperparameters_and_model_keywords():
+  """--config.KEY=VALUE for a None default (loss.sdn.tau_max) and for a
+  model keyword the recipe leaves unset reach the config, typed."""
+  code = ("import sys; from mexd import train; train.define_flags(); "
+          "train.parse_flags(sys.argv); c = train.FLAGS.config; "
+          "print(repr(c.loss.sdn.tau_max), repr(c.loss.ce.exit_weights), "
+          "repr(c.model.kwargs.widths), repr(c.model.kwargs.head))")
+  out = subprocess.run(
+      [sys.executable, "-c", code, "--config=digits",
+       "--config.loss.sdn.tau_max=(0.1,0.2)",
+       "--config.loss.ce.exit_weights=[1, 2, 3]",
+       "--config.model.kwargs.widths=(8,16,32)",
+       "--config.model.kwargs.head=conv", "--config.num_epochs=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["(0.1,", "0.2)", "(1,", "2,", "3)", "(8,",
+                                "16,", "32)", "'conv'"], out.stdout
 
 
 @pytest.mark.parametrize("files,args,pattern", BAD_CLI,

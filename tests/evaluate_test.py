@@ -134,19 +134,112 @@ def test_cascade_costs_include_earlier_heads():
   assert np.all(np.diff(cascade - prefix) > 0)  # One more head each exit.
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--policies=max_prob,oracle"], "unknown exit policy 'oracle'.*max_prob"),
-    (["--budgets=1.5"], r"budget fractions must be in \(0, 1\]"),
-    (["--eps=-0.1"], r"eps must be in \[0, 1\)"),
-])
-def test_cli_bad_inputs(run_dir, args, pattern):
-  out = subprocess.run(
-      [sys.executable, "-m", "mexd.evaluate", f"--workdir={run_dir}",
-       "--trials=0", "--notiming", *args], cwd=REPO, capture_output=True,
-      text=True, timeout=300)
-  assert out.returncode == 2, out.stderr[-2000:]
+# (mexd.evaluate arguments, regex of the one error line)
+BAD_CLI = [
+    (["--trials=-1"], r"--trials must be an integer >= 0 \(0 skips the "
+                      r"violation rate\); got -1"),
+    (["--trials=abc"], r"flag --trials=abc: invalid literal for int\(\).*; "
+                       r"--trials takes an integer >= 0"),
+    (["--trials=1.5"], r"flag --trials=1\.5: .*--trials takes an integer"),
+    (["--budgets="], r"--budgets must be comma-separated fractions of the "
+                     r"full network's cost in \(0, 1\], e\.g\. 0\.5,0\.8; "
+                     r"got an empty list"),
+    (["--budgets=abc"], r"--budgets must be .*; got 'abc' \(not a number\)"),
+    (["--budgets=0.5,,0.8"], r"--budgets must be .*; got '' \(not a "
+                             r"number\)"),
+    (["--budgets=1.5"], r"--budgets must be .* in \(0, 1\].*; got 1\.5"),
+    (["--budgets=0"], r"--budgets must be .*; got 0\.0"),
+    (["--budgets=nan"], r"--budgets must be .*; got nan"),
+    (["--eps=-0.1"], r"--eps must be a tolerated accuracy drop in \(0, 1\), "
+                     r"e\.g\. 0\.02; got -0\.1"),
+    (["--eps=0"], r"--eps must be .* in \(0, 1\).*; got 0\.0"),
+    (["--eps=1"], r"--eps must be .*; got 1\.0"),
+    (["--eps=nan"], r"--eps must be .*; got nan"),
+    (["--eps=abc"], r"flag --eps=abc: could not convert .*; --eps takes a "
+                    r"tolerated accuracy drop in \(0, 1\)"),
+    (["--delta=1"], r"--delta must be a failure probability in \(0, 1\), or "
+                    r"0 for the empirical rule \(no guarantee\); got 1\.0"),
+    (["--delta=-0.1"], r"--delta must be .*; got -0\.1"),
+    (["--delta=nan"], r"--delta must be .*; got nan"),
+    (["--policies="], r"--policies must be a comma-separated list of exit "
+                      r"policies \(entropy, margin, max_prob, patience\); "
+                      r"got an empty list"),
+    (["--policies=max_prob,oracle"],
+     r"--policies: unknown exit policy 'oracle'; valid policies: .*max_prob"),
+    (["--policy=oracle"], r"--policy: unknown exit policy 'oracle'"),
+    (["--frobnicate=1"], r"Unknown command line flag 'frobnicate'"),
+    (["stray"], r"unexpected arguments \['stray'\]"),
+]
 
-  assert re.search(pattern, out.stderr.splitlines()[-1]), out.stderr[-500:]
+
+def _tree(root):
+  """{relative path: bytes} of every file under root."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      path = os.path.join(d, f)
+      with open(path, "rb") as fh:
+        out[os.path.relpath(path, root)] = fh.read()
+  return out
+
+
+@pytest.mark.parametrize("args,pattern", BAD_CLI,
+                         ids=[" ".join(a) for a, _ in BAD_CLI])
+def test_cli_bad_inputs(run_dir, args, pattern):
+  """One `mexd.evaluate: error:` line, status 2, no traceback, the run
+  untouched (checked before anything is loaded or written)."""
+  before = _tree(run_dir)
+  out = subprocess.run(
+      [sys.executable, "-m", "mexd.evaluate", f"--workdir={run_dir}", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if "error:" in l]
+  assert len(errors) == 1, out.stderr[-2000:]
+  assert errors[0].startswith("mexd.evaluate: error: "), errors
+  assert re.search(pattern, errors[0]), errors[0]
+  assert _tree(run_dir) == before
+
+
+def test_too_few_validation_images_for_eps_are_reported(run_dir):
+  """digits' 180 validation images cannot certify eps = 0.01 at delta = 0.1
+  (230 needed); the result and the summary say so, with the fix."""
+  res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
+                              budgets=(0.5,), eps=0.01, trials=0,
+                              timing=False, plots=False)
+  d = res["accuracy_drop"]
+  assert (d["val_examples"], d["min_val_examples"]) == (180, 230)
+  assert d["exit_fraction"][-1] == 1.0  # everyone at the final exit
+  line = [l for l in evaluate.format_summary(res).splitlines()
+          if l.startswith("note:")]
+  assert len(line) == 1, line
+  assert re.search(r"n = 180 validation examples are too few for eps = 0\.01, "
+                   r"delta = 0\.1 .*needs n >= 230 at this eps, or eps >= "
+                   r"0\.0128", line[0]), line
+  # The default eps = 0.02 needs 114: no such note.
+  res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
+                              budgets=(0.5,), trials=0, timing=False,
+                              plots=False)
+  assert res["accuracy_drop"]["eps"] == 0.02
+  assert res["accuracy_drop"]["min_val_examples"] == 114
+  assert "too few" not in (res["accuracy_drop"]["note"] or "")
+
+
+def test_check_args_names_the_parameter():
+  """The Python API names its arguments (the CLI, its flags)."""
+  good = dict(policies=["max_prob"], budgets=[0.5], eps=0.02, delta=0.1,
+              trials=0, chosen_policy="max_prob")
+  evaluate.check_args(**good)
+  for bad, match in [
+      (dict(trials=-1), r"^trials must be an integer >= 0"),
+      (dict(trials=2.5), r"^trials must be"),
+      (dict(budgets=[]), r"^budgets must be .*empty list"),
+      (dict(delta=1.0), r"^delta must be .* or None for the empirical rule"),
+      (dict(eps=0.0), r"^eps must be"),
+      (dict(chosen_policy="x"), r"^chosen_policy: unknown exit policy 'x'"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      evaluate.check_args(**{**good, **bad})
 
 
 def test_cli_without_checkpoint(tmp_path):

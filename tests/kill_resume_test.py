@@ -145,3 +145,148 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, reference):
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(s), "state"))
   with pytest.raises(RuntimeError, match="no readable checkpoint"):
     workdir_lib.load_variables(workdir)
+
+
+def _flip_newest(workdir):
+  """Flips bytes in the data files of the newest checkpoint; its step."""
+  step = _steps(workdir)[-1]
+  n = 0
+  for root, _, files in os.walk(
+      os.path.join(workdir, "checkpoints", str(step), "state")):
+    for f in files:
+      p = os.path.join(root, f)
+      if os.path.getsize(p) > 4096 and "/d/" in p + "/":
+        with open(p, "r+b") as fh:
+          fh.seek(os.path.getsize(p) // 2)
+          b = fh.read(64)
+          fh.seek(os.path.getsize(p) // 2)
+          fh.write(bytes(x ^ 0xFF for x in b))
+        n += 1
+  assert n > 0
+  return step
+
+
+@pytest.mark.slow
+def test_damaged_final_checkpoint_is_written_again(tmp_path, reference):
+  """Rerunning a finished run whose final checkpoint is damaged trains the
+  last steps again, saves the final step anew (bitwise equal to an intact
+  run), and evaluation then reads the final step."""
+  from mexd import evaluate  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  final = _flip_newest(workdir)
+  older = _steps(workdir)[-2]
+  ckpt = workdir_lib.read_checkpoint(workdir)
+  assert ckpt.step == older and [s for s, _ in ckpt.unreadable] == [final]
+  report = evaluate.checkpoint_report(workdir, ckpt)
+  assert f"evaluating checkpoint {older}" in report["warning"]
+  assert report["final_step"] == final
+  out = _run(workdir)
+  assert re.search(rf"checkpoint\(s\) \[{final}\] could not be read.*"
+                   rf"resuming from step {older}", out.stderr), out.stderr
+  assert f"Resuming from step {older}" in out.stdout
+  aside = os.listdir(os.path.join(workdir, "damaged-checkpoints"))
+  assert len(aside) == 1 and aside[0].startswith(f"{final}-"), aside
+  ckpt = workdir_lib.read_checkpoint(workdir)
+  assert (ckpt.step, ckpt.unreadable) == (final, ())
+  assert evaluate.checkpoint_report(workdir, ckpt)["warning"] is None
+  _assert_same_params(reference, workdir)
+
+
+def test_evaluate_reads_what_training_resumes(tmp_path, reference):
+  """One restore rule: with a metadata file of the newest checkpoint gone,
+  evaluation falls back to the previous step (as resume does) and says so."""
+  from mexd import evaluate  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  steps = _steps(workdir)
+  newest = os.path.join(workdir, "checkpoints", str(steps[-1]))
+  metas = [os.path.join(r, f) for r, _, fs in os.walk(newest) for f in fs
+           if f == "_METADATA"]
+  assert metas, os.listdir(newest)
+  os.remove(metas[0])
+  ckpt = workdir_lib.read_checkpoint(workdir)
+  assert ckpt.step == steps[-2]
+  assert [s for s, _ in ckpt.unreadable] == [steps[-1]]
+  res = evaluate.evaluate_run(workdir, policies=("max_prob",), budgets=(0.5,),
+                              trials=0, plots=False, timing=False)
+  assert res["checkpoint"]["step"] == steps[-2]
+  assert res["checkpoint"]["final_step"] == steps[-1]
+  assert "could not be read" in res["checkpoint"]["warning"]
+  assert "warning:" in evaluate.format_summary(res)
+
+
+def _wait_for(pred, proc, what, timeout=400):
+  deadline = time.time() + timeout
+  while not pred():
+    assert proc.poll() is None, f"the first run ended before {what}"
+    assert time.time() < deadline, f"timed out waiting for {what}"
+    time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_second_writer_is_refused_then_runs_after_the_first(tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd = _cmd(workdir)[:-1] + ["--config.num_epochs=6", f"--workdir={workdir}"]
+  before = None
+  with open(tmp_path / "first.txt", "w") as log:
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
+    try:
+      _wait_for(lambda: _steps(workdir), first, "its first checkpoint")
+      before = sorted(os.listdir(workdir))
+      second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+      assert first.poll() is None, "the first run ended too early to test"
+    finally:
+      first.wait(timeout=600)
+  assert first.returncode == 0, open(tmp_path / "first.txt").read()[-2000:]
+  assert second.returncode == 2, second.stderr[-2000:]
+  lines = [l for l in second.stderr.splitlines() if "error:" in l]
+  assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+  assert re.search(rf"{re.escape(workdir)} is being written by another "
+                   rf"mexd.train \(pid {first.pid} on host ", lines[0]), lines
+  assert "delete " + os.path.join(workdir, ".lock") in lines[0]
+  assert before is not None and ".lock" in before
+  assert not os.path.exists(os.path.join(workdir, ".lock"))  # Released.
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "Per-exit top-1 accuracy" in out.stdout
+
+
+def test_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
+  """SIGKILL leaves the lock behind; the next run takes it over."""
+  workdir = str(tmp_path / "run")
+  proc = _start_and_wait_for_checkpoint(workdir, 6)
+  assert os.path.exists(os.path.join(workdir, ".lock"))
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert os.path.exists(os.path.join(workdir, ".lock"))
+  out = _run(workdir)
+  assert "Resuming from step" in out.stdout
+  assert not os.path.exists(os.path.join(workdir, ".lock"))
+  _assert_same_params(reference, workdir)
+
+
+def test_ctrl_c_outside_the_loop_is_one_line(tmp_path):
+  """Ctrl-C before the first step (data loading, compiling) or in the final
+  evaluation: status 130 and one line saying how to go on, no traceback."""
+  code = "\n".join([
+      "import sys",
+      "from mexd import train",
+      "train.define_flags()",
+      "train.parse_flags(sys.argv)",
+      "def interrupted(*args, **kwargs):",
+      "  raise KeyboardInterrupt",
+      "train.train_and_evaluate = interrupted",
+      "train.main(['mexd.train'])"])
+  workdir = str(tmp_path / "run")
+  out = subprocess.run([sys.executable, "-c", code, "--config=digits",
+                        f"--workdir={workdir}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 130, out.stderr[-2000:]
+  err = [l for l in out.stderr.splitlines() if l.strip()]
+  assert err == ["mexd.train: interrupted (Ctrl-C) outside the training "
+                 "loop; nothing is lost: the same command starts the run or "
+                 "resumes it from its last checkpoint: python -m mexd.train "
+                 f"--config=digits --workdir={workdir}"], err

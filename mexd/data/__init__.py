@@ -31,6 +31,10 @@ _LOADERS: Dict[str, Callable[..., Dict[str, Dataset]]] = {
 }
 
 
+# Data sets that ship with a package and read no files (no data_dir).
+BUNDLED = ("digits",)
+
+
 def register(name: str, loader: Callable[..., Dict[str, Dataset]]):
   """Adds a loader under `name`."""
   if name in _LOADERS:
@@ -55,6 +59,11 @@ def load_official(name: str, data_dir=None, *, image_size=None
   """
   if name not in _LOADERS:
     raise ValueError(_unknown_name_message(name))
+  if data_dir is not None and name in BUNDLED:
+    raise ValueError(
+        f"config.data.data_dir={data_dir!r} is ignored by {name!r}, which "
+        "ships inside scikit-learn; leave data_dir unset (or pick a data set "
+        "read from files, e.g. fashion_mnist)")
   if image_size is None:
     return _LOADERS[name](data_dir)
   if not name.startswith("tfds:"):

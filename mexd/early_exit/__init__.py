@@ -3,7 +3,8 @@
   policies   scores [E, N] from logits [E, N, C]; exit_index; simulate
   calibrate  thresholds from validation: MSDNet sweep, cost budget,
              accuracy-drop tolerance (optionally with a Learn-then-Test
-             guarantee), violation_rate
+             guarantee; ltt_min_n: the validation size it needs),
+             violation_rate
   staged     StagedPredictor: runs stage k only on the examples still in
   plots      accuracy-vs-cost curves and per-exit accuracy bars (PNG)
 
@@ -17,6 +18,9 @@ from mexd.early_exit import staged
 from mexd.early_exit.calibrate import calibrate_accuracy_drop
 from mexd.early_exit.calibrate import calibrate_budget
 from mexd.early_exit.calibrate import Calibration
+from mexd.early_exit.calibrate import CertificationWarning
+from mexd.early_exit.calibrate import ltt_min_eps
+from mexd.early_exit.calibrate import ltt_min_n
 from mexd.early_exit.calibrate import msdnet_sweep
 from mexd.early_exit.calibrate import msdnet_thresholds
 from mexd.early_exit.calibrate import violation_rate

@@ -19,7 +19,9 @@ the exit of example n is #{k < E-1 : max_{j<=k} s[j, n] < lambda}; the sweep
 below evaluates all distinct lambdas exactly in O(EN log EN).
 """
 
+import math
 from typing import Any, Dict, NamedTuple, Optional, Sequence
+import warnings
 
 import numpy as np
 
@@ -300,6 +302,82 @@ def hb_pvalue(risk_hat: float, n: int, alpha: float,
   return min(1.0, p, float(np.e * binom_cdf(k, n, alpha)))
 
 
+class CertificationWarning(UserWarning):
+  """Learn-then-Test certified no early exit (`info["note"]` says why)."""
+
+
+def ltt_min_n(eps: float, delta: float,
+              bound: str = "hoeffding_bentkus") -> int:
+  """Fewest validation examples with which LTT can certify any early exit.
+
+  `hb_pvalue(r, n, eps)` grows with the empirical risk r, so its smallest
+  value, whatever the data, is at r = 0: Hoeffding gives
+  exp(-n log(1 / (1 - eps))) = (1 - eps)^n and Bentkus e (1 - eps)^n
+  (larger), so both bounds give p_min(n) = (1 - eps)^n. Fixed-sequence
+  testing rejects a lambda only if its p-value is <= delta, hence nothing can
+  be rejected (every example stays at the final exit) unless
+  (1 - eps)^n <= delta, i.e.
+
+    n >= n_min = ceil(log(delta) / log(1 - eps)),
+
+  and at a given n unless eps >= `ltt_min_eps(n, delta)` = 1 - delta^(1/n).
+  Both are necessary, not sufficient: at n_min only a lambda with no
+  disagreement at all on validation passes. E.g. eps = 0.01, delta = 0.1:
+  n_min = ceil(2.3026 / 0.01005) = 230.
+
+  Returns:
+    n_min, checked against `hb_pvalue` itself (no rounding slip).
+  """
+  if not (0 < eps < 1 and 0 < delta < 1):
+    raise ValueError(f"eps and delta must lie in (0, 1), got eps={eps}, "
+                     f"delta={delta}")
+  n = max(1, math.ceil(math.log(delta) / math.log1p(-eps)))
+  while n > 1 and hb_pvalue(0.0, n - 1, eps, bound) <= delta:
+    n -= 1
+  while hb_pvalue(0.0, n, eps, bound) > delta:
+    n += 1
+  return n
+
+
+def ltt_min_eps(n: int, delta: float) -> float:
+  """Smallest eps at which n examples can certify an exit: 1 - delta^(1/n).
+
+  See `ltt_min_n`; (1 - eps)^n <= delta solved for eps.
+  """
+  return -math.expm1(math.log(delta) / n)
+
+
+def _round_up(x: float, digits: int = 3) -> float:
+  """x rounded up to `digits` significant digits (0.012711 -> 0.0128)."""
+  scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+  return math.ceil(x * scale - 1e-9) / scale
+
+
+def ltt_note(n: int, eps: float, delta: float, p_values: np.ndarray,
+             bound: str = "hoeffding_bentkus") -> Optional[str]:
+  """Why LTT certified no early exit (None if it certified one).
+
+  Args:
+    n: validation examples; eps, delta, bound: as in
+      `calibrate_accuracy_drop`.
+    p_values: [L] p-values of the tested lambdas, most conservative first.
+  """
+  if p_values.size and p_values[0] <= delta:
+    return None
+  n_min = ltt_min_n(eps, delta, bound)
+  if n < n_min:
+    return (f"no early exit can be certified: n = {n} validation examples "
+            f"are too few for eps = {eps:g}, delta = {delta:g} (the smallest "
+            f"p-value the test can give is (1 - eps)^n = "
+            f"{(1 - eps) ** n:.3g} > delta); it needs n >= {n_min} at this "
+            f"eps, or eps >= {_round_up(ltt_min_eps(n, delta)):g} (or a "
+            "larger delta) at this n; every example stays at the final exit")
+  return (f"no early exit certified at eps = {eps:g}, delta = {delta:g}: the "
+          f"most conservative lambda's p-value is {p_values[0]:.3g} > delta "
+          "(the early exits disagree with the final exit too often on "
+          f"validation); every example stays at the final exit")
+
+
 def default_lambdas(policy: str, num_exits: int,
                     num_classes: int) -> np.ndarray:
   """Data-independent lambda grid for LTT, most conservative first."""
@@ -337,6 +415,12 @@ def calibrate_accuracy_drop(val_logits: Array, val_labels: Array,
   examples, P(R(lambda_hat) > eps) <= delta, hence
   P(expected accuracy drop of lambda_hat > eps) <= delta.
 
+  Sample size: the smallest p-value is (1 - eps)^n (at zero disagreements),
+  so with n < ceil(log(delta) / log(1 - eps)) (`ltt_min_n`) nothing can be
+  rejected. If nothing is, `info["note"]` says why (too few examples: the n
+  or eps that would do) and a `CertificationWarning` is issued;
+  `info["min_n"]` is that bound.
+
   Args:
     val_logits: [E, N, C]; val_labels: [N].
     eps: tolerated accuracy drop in (0, 1).
@@ -347,11 +431,20 @@ def calibrate_accuracy_drop(val_logits: Array, val_labels: Array,
       order, i.e. most conservative first.
     exit_costs: [E] costs, only for the reported validation cost.
   """
+  if delta is not None and not 0.0 < delta < 1.0:
+    raise ValueError(f"delta must lie in (0, 1), got {delta}")
   s, preds, costs = _prepare(val_logits, policy, exit_costs)
   if delta is not None and lambdas is None:
     lambdas = default_lambdas(policy, s.shape[0], np.shape(val_logits)[-1])
-  return _calibrate_drop(s, preds, preds == np.asarray(val_labels)[None],
-                         costs, eps, delta, bound, lambdas)
+  cal = _calibrate_drop(s, preds, preds == np.asarray(val_labels)[None],
+                        costs, eps, delta, bound, lambdas)
+  if delta is not None:
+    cal.info["min_n"] = ltt_min_n(eps, delta, bound)
+    cal.info["note"] = ltt_note(s.shape[1], eps, delta, cal.info["p_values"],
+                                bound)
+    if cal.info["note"]:
+      warnings.warn(cal.info["note"], CertificationWarning, stacklevel=2)
+  return cal
 
 
 def _calibrate_drop(s, preds, correct, costs, eps, delta, bound, lambdas):

@@ -23,17 +23,28 @@ Usage:
   pred = StagedPredictor(model, variables, thresholds, "max_prob")
   predictions, exits = pred(images)           # [N], [N]
   label, exit_k = pred.predict_one(images[0])  # batch-size-1 latency path
+  # A deployment: thresholds, policy, mean/std and image shape from
+  # exit_policy.json; then raw uint8 images are normalised as in training.
+  pred = StagedPredictor.from_exit_policy(
+      model, variables, mexd.evaluate.load_exit_policy(workdir))
+  predictions, exits = pred(uint8_images)
+
+Inputs are checked at the boundary (a ValueError naming the fix): image
+rank, shape (against `image_shape`, if known), dtype (uint8 needs mean/std),
+NaN/inf pixels of host (NumPy) images (a jax.Array's values are not read
+back: that would add a host sync), and the thresholds (one per exit, no NaN).
 """
 
 import collections
 import functools
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mexd import xla_options
+from mexd.data import augment
 from mexd.early_exit import policies
 
 Array = Any
@@ -94,6 +105,9 @@ def _take(pool, b: int):
   return head, jax.tree.map(lambda a: jnp.roll(a, -b, axis=0), pool)
 
 
+# uint8 [N, H, W, C] -> (x / 255 - mean) / std float32, as in training.
+_normalize = jax.jit(augment.normalize)
+
 # (model, stage, bucket) of every stage trace, i.e. every XLA compilation.
 _TRACES: List[Tuple[Any, int, int]] = []
 
@@ -149,6 +163,48 @@ def _stage_fn(model, k: int):
   return xla_options.jit(fn)
 
 
+def _check_thresholds(thresholds, num_exits: int) -> np.ndarray:
+  """thresholds -> float32 [E]; raises on another shape or a NaN."""
+  try:
+    t = np.asarray(thresholds, np.float32)
+  except (TypeError, ValueError):
+    raise ValueError(f"thresholds must be numbers (or -inf / inf), got "
+                     f"{thresholds!r}") from None
+  if t.shape != (num_exits,):
+    raise ValueError(f"thresholds of shape {t.shape} given to a model with "
+                     f"E = {num_exits} exits: pass one entry per exit, shape "
+                     f"({num_exits},) (the last is taken as -inf)")
+  if np.isnan(t).any():
+    raise ValueError(f"thresholds {t.tolist()} hold NaN at exit(s) "
+                     f"{np.flatnonzero(np.isnan(t)).tolist()}; a threshold "
+                     "is a number, inf (nobody exits there) or -inf")
+  return t
+
+
+def _check_stats(mean, std, image_shape):
+  """(mean [C], std [C]) float32, or (None, None); raises if unusable."""
+  if mean is None and std is None:
+    return None, None
+  if mean is None or std is None:
+    raise ValueError("pass both mean and std (exit_policy.json's) or "
+                     "neither")
+  mean = np.asarray(mean, np.float32).reshape(-1)
+  std = np.asarray(std, np.float32).reshape(-1)
+  channels = None if image_shape is None else image_shape[-1]
+  for name, v in (("mean", mean), ("std", std)):
+    if v.size not in (1, channels or v.size) or not np.all(np.isfinite(v)):
+      raise ValueError(f"{name} {v.tolist()} must be finite, one value per "
+                       f"channel (C_in = {channels}) or one in all")
+  if np.any(std <= 0):
+    raise ValueError(f"std {std.tolist()} must be > 0")
+  return mean, std
+
+
+def _normalised_range(mean, std):
+  """(lowest, highest) value of a normalised pixel over every channel."""
+  return np.min((0.0 - mean) / std), np.max((1.0 - mean) / std)
+
+
 class StagedPredictor:
   """Stage-by-stage early-exit inference of a `MultiExitModel`.
 
@@ -161,21 +217,34 @@ class StagedPredictor:
     buckets: increasing batch sizes to pad to; None means 2^k and 1.5 * 2^k
       (`default_bucket`). A batch larger than the largest bucket runs in
       chunks of that size.
+    mean, std: [C_in] (or one value) normalisation statistics of the
+      training data, e.g. exit_policy.json's "mean" and "std". Given, the
+      predictor also takes raw uint8 images (what the data sets hold) and
+      normalises them as training did, (x / 255 - mean) / std; float images
+      are taken as normalised already and must lie in that range. Not
+      given: float images only, normalised by the caller (uint8 raises).
+    image_shape: (H, W, C_in) the model was trained on (exit_policy.json's
+      "image_shape"); images of another shape raise. None: not checked.
+
+  Raises:
+    ValueError: thresholds not of shape [E] or NaN; bad mean/std.
   """
 
   def __init__(self, model, variables, thresholds: Sequence[float],
                policy: str = "max_prob",
-               buckets: Optional[Sequence[int]] = None):
+               buckets: Optional[Sequence[int]] = None, *,
+               mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None,
+               image_shape: Optional[Sequence[int]] = None):
     policies.check_policy(policy)
     self.model = model
     self.variables = variables
     self.policy = policy
     self.num_exits = model.bind(variables).num_exits
-    thresholds = np.asarray(thresholds, np.float32)
-    if thresholds.shape != (self.num_exits,):
-      raise ValueError(f"thresholds {thresholds.shape} must have one entry "
-                       f"per exit, E = {self.num_exits}")
-    self.thresholds = thresholds
+    self.thresholds = _check_thresholds(thresholds, self.num_exits)
+    self.image_shape = (None if image_shape is None
+                        else tuple(int(d) for d in image_shape))
+    self.mean, self.std = _check_stats(mean, std, self.image_shape)
     # Device scalars, put once: a call passes them without a transfer.
     self._theta = [jax.device_put(t) for t in thresholds]
     self._policy_index = jax.device_put(
@@ -186,6 +255,87 @@ class StagedPredictor:
         raise ValueError(f"buckets must be positive, got {buckets}")
     self.buckets = buckets
     self._stage_fns = [_stage_fn(model, k) for k in range(self.num_exits)]
+
+  @classmethod
+  def from_exit_policy(cls, model, variables, exit_policy: Dict[str, Any],
+                       **kwargs) -> "StagedPredictor":
+    """The deployed rule: thresholds, policy, mean, std and image shape from
+    `mexd.evaluate.load_exit_policy(workdir)`; takes raw uint8 images."""
+    p = exit_policy
+    return cls(model, variables, p["thresholds"], p["policy"],
+               mean=p["mean"], std=p["std"], image_shape=p["image_shape"],
+               **kwargs)
+
+  def check_images(self, images: Array, one: bool = False) -> Array:
+    """Checks images at the boundary; normalises uint8 ones.
+
+    Args:
+      images: [N, H, W, C_in] uint8 (with mean/std) or normalised floats;
+        with `one`, a single image [H, W, C_in] or [1, H, W, C_in].
+      one: for `predict_one`: a batch of more than one image raises.
+      Values (NaN/inf, range) are checked for host arrays only; a
+      `jax.Array` is checked for shape and dtype, without a device sync.
+
+    Returns:
+      [N, H, W, C_in] float images ([1, ...] with `one`).
+
+    Raises:
+      ValueError: wrong rank or shape, a batch given as one image, uint8
+        without mean/std, another non-float dtype, NaN/inf, or floats
+        outside the normalised range (raw pixels passed as floats).
+    """
+    x = images if isinstance(images, jax.Array) else np.asarray(images)
+    want = ("[H, W, C_in]" if self.image_shape is None
+            else str(self.image_shape))
+    if one and x.ndim == 4 and x.shape[0] != 1:
+      raise ValueError(f"predict_one answers for one image {want}, got a "
+                       f"batch of {x.shape[0]} (shape {x.shape}); use "
+                       "pred(images) or pred.run(images) for a batch")
+    if one and x.ndim == 3:
+      x = x[None]
+    if x.ndim != 4:
+      what = "one image" if one else "images [N, H, W, C_in]"
+      hint = ("; for one image use predict_one" if x.ndim == 3 else "")
+      raise ValueError(f"expected {what} of shape {want}, got an array of "
+                       f"shape {x.shape}{hint}")
+    if self.image_shape is not None and x.shape[1:] != self.image_shape:
+      raise ValueError(f"images of shape {x.shape[1:]} given to a model "
+                       f"trained on {self.image_shape} images (H, W, C_in); "
+                       "resize them or use a model trained on this size")
+    if x.dtype == np.uint8:
+      if self.mean is None:
+        raise ValueError(
+            "uint8 images (raw pixels) given to a StagedPredictor without "
+            "mean/std: pass mean= and std= (exit_policy.json's, or use "
+            "StagedPredictor.from_exit_policy) so that it normalises them, "
+            "or give float images normalised as (x / 255 - mean) / std")
+      return _normalize(x, self.mean, self.std)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"images of dtype {x.dtype}: give raw uint8 pixels "
+                       "(0..255) or normalised float images")
+    if isinstance(x, jax.Array):
+      # On the device already: reading its values back would cost a host
+      # sync per call (on a GPU as much as a stage), so only shape and dtype
+      # are checked.
+      return x
+    bad = ~np.isfinite(x)
+    if bad.any():
+      first = int(np.argmax(bad.reshape(x.shape[0], -1).any(-1)))
+      raise ValueError(f"images hold {int(bad.sum())} NaN or infinite "
+                       f"values (the first in image {first}); the model's "
+                       "answer for them is meaningless: fix or drop them")
+    if self.mean is not None and x.size:
+      lo, hi = (float(v) for v in _normalised_range(self.mean, self.std))
+      got = float(np.min(x)), float(np.max(x))
+      tol = 0.01 * (hi - lo)  # float rounding, bfloat16 inputs
+      if got[0] < lo - tol or got[1] > hi + tol:
+        raise ValueError(
+            f"float images range over [{got[0]:.4g}, {got[1]:.4g}], outside "
+            f"[{lo:.4g}, {hi:.4g}], the range of pixels normalised with this "
+            "predictor's mean/std (raw pixels as floats?): pass the uint8 "
+            "pixels (the predictor normalises them) or normalise as "
+            "(x / 255 - mean) / std")
+    return x
 
   @property
   def compiled(self) -> List[Tuple[int, int]]:
@@ -206,11 +356,13 @@ class StagedPredictor:
     """Early-exit predictions with per-stage statistics.
 
     Args:
-      images: [N, H, W, C_in] images.
+      images: [N, H, W, C_in] normalised float images, or uint8 pixels if
+        the predictor has mean/std (see the class; `check_images`).
 
     Returns:
       a `StagedResult` (predictions [N], exits [N], reached [E], padded [E]).
     """
+    images = self.check_images(images)
     n = images.shape[0]
     if n == 0:
       empty = np.zeros(0, np.int32)
@@ -233,14 +385,13 @@ class StagedPredictor:
     """Batch-size-1 path: runs stages until the example exits.
 
     Args:
-      image: [H, W, C_in] or [1, H, W, C_in].
+      image: [H, W, C_in] or [1, H, W, C_in] (dtype as for `run`); a batch
+        of more than one image raises.
 
     Returns:
       (predicted class, exit index) as Python ints.
     """
-    image = jnp.asarray(image)
-    if image.ndim == 3:
-      image = image[None]
+    image = jnp.asarray(self.check_images(image, one=True))
     out = self._run_chunk(image, lambda n: n)
     return int(out.predictions[0]), int(out.exits[0])
 
@@ -265,7 +416,7 @@ class StagedPredictor:
     device-to-host copy costs far more than a small stage).
 
     Args:
-      images: [N, H, W, C_in] images.
+      images: [N, H, W, C_in] images (dtype as for `run`).
       batch_size: B, rows per stage call.
       depth: stage calls in flight (>= 1; 1 waits for each call at once).
 
@@ -277,6 +428,7 @@ class StagedPredictor:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if depth < 1:
       raise ValueError(f"depth must be >= 1, got {depth}")
+    images = self.check_images(images)
     n, e = images.shape[0], self.num_exits
     res = StagedResult(np.zeros(n, np.int32), np.zeros(n, np.int32),
                        np.zeros(e, np.int64), np.zeros(e, np.int64))

@@ -5,10 +5,12 @@ train=...)` returns `(logits [E, B, C], {"features": [E, B, D]})`, and
 `apply(vars, k, h, train=..., method="stage")` runs stage k alone.
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable, Dict
 
 import jax.numpy as jnp
+import numpy as np
 
 from mexd.models import base
 from mexd.models import msdnet
@@ -72,6 +74,31 @@ def input_size(name: str) -> int:
   return INPUT_SIZES.get(name, 32)
 
 
+# Smallest input side each model is meant to take (others: half their
+# input_size). The small CNNs' SAME-padded stages take any size; ImageNet
+# ResNets down-sample 32x in all, so 32 px is their floor.
+MIN_INPUT_SIZES: Dict[str, int] = {
+    "digits_cnn": 1, "fashion_cnn": 1, "small_cnn": 1,
+    "resnet18_imagenet": 32, "resnet34_imagenet": 32,
+    "resnet50_imagenet": 32,
+}
+
+
+def check_input_size(name: str, image_shape) -> None:
+  """Raises ValueError if model `name` is not meant for `image_shape`
+  (H, W, C) images, naming both sizes (before anything is compiled)."""
+  low = MIN_INPUT_SIZES.get(name, max(1, input_size(name) // 2))
+  h, w = int(image_shape[0]), int(image_shape[1])
+  if min(h, w) < low:
+    small = ", ".join(n for n in model_names()
+                      if MIN_INPUT_SIZES.get(n, input_size(n) // 2) <= min(h, w))
+    raise ValueError(
+        f"model {name!r} is built for {input_size(name)}x{input_size(name)} "
+        f"images and needs at least {low}x{low}; the data's images are "
+        f"{h}x{w}: pick a model for this size ({small}) or a data set with "
+        "larger images")
+
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
            "float16": jnp.float16}
 
@@ -88,6 +115,42 @@ def model_names():
   return sorted(_REGISTRY)
 
 
+_NOT_KEYWORDS = ("parent", "name", "num_classes", "dtype")
+
+
+def model_keywords(name: str) -> Dict[str, Any]:
+  """The architecture keywords of model `name` and their defaults.
+
+  These are the valid `model.kwargs` of a config (`num_classes` and `dtype`
+  are set elsewhere).
+
+    >>> model_keywords("digits_cnn")["widths"]
+    (32, 64, 128)
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown model {name!r}; valid names: "
+                     f"{', '.join(model_names())}")
+  ctor, fixed = _REGISTRY[name], {}
+  while isinstance(ctor, functools.partial):
+    fixed = {**ctor.keywords, **fixed}
+    ctor = ctor.func
+  if not dataclasses.is_dataclass(ctor):
+    return dict(fixed)
+  out = {}
+  for f in dataclasses.fields(ctor):
+    if f.name in _NOT_KEYWORDS or not f.init:
+      continue
+    if f.name in fixed:
+      out[f.name] = fixed[f.name]
+    elif f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      out[f.name] = f.default_factory()
+    else:
+      out[f.name] = None
+  return out
+
+
 def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
               **kwargs) -> base.MultiExitModel:
   """Builds the registered model `name`.
@@ -99,8 +162,17 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
     **kwargs: architecture options of that model.
 
   Raises:
-    ValueError: unknown name or dtype, listing the valid ones.
+    ValueError: unknown name or dtype, listing the valid ones; num_classes
+      < 1.
+    TypeError: num_classes is not an integer.
   """
+  if isinstance(num_classes, bool) or not isinstance(
+      num_classes, (int, np.integer)):
+    raise TypeError(f"num_classes must be an integer (C, the number of "
+                    f"classes), got {num_classes!r}")
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1 (C, the number of classes "
+                     f"of every exit), got {num_classes}")
   if name not in _REGISTRY:
     raise ValueError(f"unknown model {name!r}; valid names: "
                      f"{', '.join(model_names())}")

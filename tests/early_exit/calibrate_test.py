@@ -265,3 +265,65 @@ def test_ltt_population_risk_guarantee():
     risk = np.mean(pool_pred[ex, np.arange(ex.size)] != pool_pred[-1])
     bad += risk > eps
   assert bad / 40 <= delta + 3 * math.sqrt(delta * (1 - delta) / 40)
+
+
+def test_ltt_min_n_by_hand():
+  # (1 - eps)^n <= delta  <=>  n >= log(delta) / log(1 - eps).
+  # eps 0.01, delta 0.1: 2.302585 / 0.0100503 = 229.1 -> 230 (0.99^229 =
+  # 0.1001 > 0.1 >= 0.99^230 = 0.0991); eps 0.02: 2.302585 / 0.0202027 =
+  # 113.97 -> 114; eps 0.5, delta 0.25: 0.5^2 = 0.25 exactly -> 2.
+  for bound in ("hoeffding_bentkus", "hoeffding"):
+    assert calibrate.ltt_min_n(0.01, 0.1, bound) == 230
+    assert calibrate.ltt_min_n(0.02, 0.1, bound) == 114
+    assert calibrate.ltt_min_n(0.5, 0.25, bound) == 2
+  # The smallest p-value at n = 180 is Hoeffding's 0.99^180 = 0.1638 (the
+  # Bentkus term e * 0.99^180 = 0.445 is larger).
+  assert calibrate.hb_pvalue(0.0, 180, 0.01) == pytest.approx(0.99 ** 180)
+  assert 0.99 ** 180 == pytest.approx(0.1638, abs=1e-4)
+  # eps at n = 180: 1 - 0.1^(1/180) = 0.012711.
+  assert calibrate.ltt_min_eps(180, 0.1) == pytest.approx(0.0127107, abs=1e-7)
+  with pytest.raises(ValueError, match="must lie in"):
+    calibrate.ltt_min_n(0.0, 0.1)
+
+
+def _agreeing(n, num_exits=3, num_classes=10):
+  """Logits [E, n, C] where every exit predicts the label, confidently."""
+  y = np.arange(n) % num_classes
+  z = np.zeros((num_exits, n, num_classes), np.float32)
+  z[:, np.arange(n), y] = 10.0
+  return z, y
+
+
+def test_ltt_says_when_n_is_too_small():
+  """Even with zero disagreement, n = 229 < 230 certifies nothing at
+  eps = 0.01, delta = 0.1; n = 230 sends everyone to exit 0."""
+  z, y = _agreeing(229)
+  with pytest.warns(calibrate.CertificationWarning,
+                    match=r"n = 229 validation examples are too few for "
+                    r"eps = 0\.01, delta = 0\.1 .*\(1 - eps\)\^n = 0\.1 > "
+                    r"delta\); it needs n >= 230 at this eps, or eps >= "
+                    r"0\.0101 "):
+    cal = calibrate.calibrate_accuracy_drop(z, y, 0.01, delta=0.1)
+  assert cal.param == np.inf and cal.info["num_rejected"] == 0
+  assert cal.info["min_n"] == 230
+  assert "too few" in cal.info["note"]
+  z, y = _agreeing(230)
+  cal = calibrate.calibrate_accuracy_drop(z, y, 0.01, delta=0.1)
+  assert cal.info["note"] is None and cal.info["min_n"] == 230
+  assert cal.val_avg_cost == 1.0  # everyone leaves at exit 0
+  # The eps the note names works at n = 229.
+  cal = calibrate.calibrate_accuracy_drop(*_agreeing(229), 0.0101, delta=0.1)
+  assert cal.info["note"] is None and cal.val_avg_cost == 1.0
+
+
+def test_ltt_says_when_early_exits_disagree():
+  """Enough examples, but exit 0 is certain (max_prob = 1 in float32) and
+  wrong for a fifth of them: even the most conservative lambda fails."""
+  z, y = _agreeing(1000)
+  z[0, :200] = np.roll(z[0, :200], 1, axis=-1) * 10  # sure and different
+  with pytest.warns(calibrate.CertificationWarning,
+                    match=r"most conservative lambda's p-value is 1 > delta "
+                    r"\(the early exits disagree"):
+    cal = calibrate.calibrate_accuracy_drop(z, y, 0.02, delta=0.1)
+  assert cal.param == np.inf and cal.info["min_n"] == 114
+  assert cal.info["risk"][0] == pytest.approx(0.2)

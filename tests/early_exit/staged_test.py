@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mexd import models
+from mexd.data import augment
 from mexd.early_exit import policies
 from mexd.early_exit import staged
 
@@ -133,10 +134,134 @@ def test_predict_one(setup):
 
 def test_bad_arguments(setup):
   model, variables, _, _ = setup
-  with pytest.raises(ValueError, match="one entry per exit"):
+  with pytest.raises(ValueError, match=r"thresholds of shape \(2,\) given "
+                     r"to a model with E = 3 exits: pass one entry per exit"):
     staged.StagedPredictor(model, variables, [0.5, -np.inf])
+  with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+    staged.StagedPredictor(model, variables, np.zeros((2, 3)))
+  with pytest.raises(ValueError, match=r"hold NaN at exit\(s\) \[1\]"):
+    staged.StagedPredictor(model, variables, [0.5, np.nan, -np.inf])
+  with pytest.raises(ValueError, match="must be numbers"):
+    staged.StagedPredictor(model, variables, [0.5, "high", -np.inf])
   with pytest.raises(ValueError, match="valid policies"):
     staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf], "nope")
+  th = [0.5, 0.5, -np.inf]
+  with pytest.raises(ValueError, match="both mean and std"):
+    staged.StagedPredictor(model, variables, th, mean=[0.3])
+  with pytest.raises(ValueError, match=r"std \[0\.0\] must be > 0"):
+    staged.StagedPredictor(model, variables, th, mean=[0.3], std=[0.0])
+  with pytest.raises(ValueError, match=r"one value per channel \(C_in = 1"):
+    staged.StagedPredictor(model, variables, th, mean=[0.3, 0.3],
+                           std=[1.0, 1.0], image_shape=(8, 8, 1))
+
+
+MEAN, STD = (0.3,), (0.4,)
+
+
+def _pixels(n, seed=1):
+  return np.random.default_rng(seed).integers(
+      0, 256, (n, 8, 8, 1)).astype(np.uint8)
+
+
+def test_uint8_images_are_normalised_with_mean_std(setup):
+  """Raw pixels: normalised as in training with the predictor's mean/std,
+  and refused (not silently misread) by a predictor without them."""
+  model, variables, _, logits = setup
+  th = _mixing_thresholds(np.asarray(policies.scores(logits, "max_prob")))
+  raw = _pixels(N)
+  x = np.asarray(augment.normalize(raw, MEAN, STD))
+  ref = staged.StagedPredictor(model, variables, th).run(x)
+  pred = staged.StagedPredictor(model, variables, th, mean=MEAN, std=STD,
+                                image_shape=(8, 8, 1))
+  for out in (pred.run(raw), pred.run_pooled(raw, 8)):
+    np.testing.assert_array_equal(out.predictions, ref.predictions)
+    np.testing.assert_array_equal(out.exits, ref.exits)
+  assert pred.predict_one(raw[3]) == (ref.predictions[3], ref.exits[3])
+  # Already normalised floats are taken as they are.
+  np.testing.assert_array_equal(pred.run(x).predictions, ref.predictions)
+  bare = staged.StagedPredictor(model, variables, th)
+  for call in (bare, bare.run, bare.predict_one,
+               lambda im: bare.run_pooled(im, 8)):
+    with pytest.raises(ValueError, match=r"uint8 images \(raw pixels\) "
+                       r"given to a StagedPredictor without mean/std: pass "
+                       r"mean= and std="):
+      call(raw[:1] if call == bare.predict_one else raw)
+  with pytest.raises(ValueError, match="dtype int32: give raw uint8"):
+    pred(raw.astype(np.int32))
+  # Raw pixels converted to float (0..255) are outside the normalised range.
+  with pytest.raises(ValueError, match=r"float images range over \[0, 255\]"
+                     r", outside \[-0\.75, 1\.75\]"):
+    pred(raw.astype(np.float32))
+
+
+def test_from_exit_policy(setup):
+  model, variables, _, logits = setup
+  th = _mixing_thresholds(np.asarray(policies.scores(logits, "margin")))
+  exit_policy = {"policy": "margin", "thresholds": th, "mean": list(MEAN),
+                 "std": list(STD), "image_shape": [8, 8, 1]}
+  pred = staged.StagedPredictor.from_exit_policy(model, variables,
+                                                 exit_policy)
+  assert (pred.policy, pred.image_shape) == ("margin", (8, 8, 1))
+  raw = _pixels(7)
+  ref = staged.StagedPredictor(model, variables, th, "margin")(
+      np.asarray(augment.normalize(raw, MEAN, STD)))
+  np.testing.assert_array_equal(pred(raw)[0], ref[0])
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((4, 9, 9, 1), r"images of shape \(9, 9, 1\) given to a model trained "
+                   r"on \(8, 8, 1\) images"),
+    ((4, 8, 8, 3), r"images of shape \(8, 8, 3\) given to a model trained "
+                   r"on \(8, 8, 1\) images"),
+    ((8, 8, 1), r"expected images \[N, H, W, C_in\] of shape \(8, 8, 1\),"
+                r" got an array of shape \(8, 8, 1\); for one image use "
+                r"predict_one"),
+    ((2, 4, 8, 8, 1), r"got an array of shape \(2, 4, 8, 8, 1\)"),
+])
+def test_images_of_wrong_shape(setup, shape, match):
+  model, variables, _, _ = setup
+  pred = staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf],
+                                image_shape=(8, 8, 1))
+  with pytest.raises(ValueError, match=match):
+    pred(np.zeros(shape, np.float32))
+  with pytest.raises(ValueError, match=match):
+    pred.run_pooled(np.zeros(shape, np.float32), 4)
+
+
+def test_predict_one_refuses_a_batch_and_wrong_shape(setup):
+  model, variables, images, _ = setup
+  for pred in (staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf]),
+               staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf],
+                                      image_shape=(8, 8, 1))):
+    with pytest.raises(ValueError, match=r"predict_one answers for one image"
+                       r" .*got a batch of 5 \(shape \(5, 8, 8, 1\)\); use "
+                       r"pred\(images\)"):
+      pred.predict_one(images[:5])
+    pred.predict_one(images[:1])  # [1, H, W, C] is one image
+  with pytest.raises(ValueError, match=r"images of shape \(9, 9, 1\)"):
+    pred.predict_one(np.zeros((9, 9, 1), np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_images(setup, bad):
+  model, variables, images, _ = setup
+  pred = staged.StagedPredictor(model, variables, [0.5, 0.5, -np.inf])
+  x = images.copy()
+  x[7, 2, 3, 0] = x[9, 0, 0, 0] = bad
+  match = (r"images hold 2 NaN or infinite values \(the first in image 7\)"
+           r"; .*fix or drop them")
+  for call in (pred, pred.run, lambda im: pred.run_pooled(im, 8)):
+    with pytest.raises(ValueError, match=match):
+      call(x)
+  with pytest.raises(ValueError, match=r"hold 1 NaN or infinite .*image 0"):
+    pred.predict_one(x[7])
+  # A device array is not read back (no extra host sync): shape and dtype
+  # are still checked.
+  pred(jnp.asarray(x))
+  with pytest.raises(ValueError, match=r"shape \(8, 8, 1\)"):
+    pred(jnp.asarray(x[0]))
+  with pytest.raises(ValueError, match="uint8 images"):
+    pred(jnp.asarray(_pixels(2)))
 
 
 @pytest.mark.parametrize("policy,batch", [("max_prob", 8), ("patience", 7),

@@ -273,3 +273,16 @@ def test_list_kwargs_read_from_json_give_a_hashable_model():
   pred = staged.StagedPredictor(m, variables, [0.5, 0.0], "max_prob")
   predictions, exits = pred(x)
   chex.assert_shape([predictions, exits], [(3,), (3,)])
+
+
+@pytest.mark.parametrize("num_classes,error,match", [
+    (0, ValueError, r"num_classes must be >= 1 .*got 0"),
+    (-3, ValueError, r"num_classes must be >= 1 .*got -3"),
+    (10.0, TypeError, r"num_classes must be an integer .*got 10\.0"),
+    (True, TypeError, r"num_classes must be an integer"),
+])
+def test_bad_num_classes_is_a_clear_error(num_classes, error, match):
+  """Not the ZeroDivisionError of the initialiser at init time."""
+  with pytest.raises(error, match=match):
+    models.get_model("digits_cnn", num_classes=num_classes)
+  assert models.get_model("digits_cnn", num_classes=np.int64(2))
