@@ -201,3 +201,44 @@ def test_cli_bad_config_one_line_exit_2(tmp_path, files, args, pattern):
   assert re.search(pattern, errors[0]), errors[0]
   assert not workdir.exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
+
+
+def _lock_of_another_host(wd):
+  wd.mkdir()
+  (wd / ".lock").write_text(
+      '{"pid": 7, "host": "node-9", "prog": "mexd.train", '
+      '"started": 1780000000.0, "heartbeat": 9e12}')
+
+
+# (set-up of the work directory, exit status, regex of the one line)
+FAULT_CLI = [
+    (lambda wd: wd.write_text("x"), 1,
+     r"mexd.train: error: --workdir .*run is a file, not a directory"),
+    (lambda wd: (wd.parent / "f").write_text("x"), 1,
+     r"cannot write to the work directory .*f/run: a component of the path "
+     r"is a file"),
+    (_lock_of_another_host, 2,
+     r"run is being written by another mexd.train \(pid 7 on host node-9, "
+     r"started 2026-05-28 .*\); wait for it to finish, or stop it \(pid 7 on "
+     r"node-9\); if it is gone and the lock stayed behind, delete .*\.lock"),
+]
+
+
+@pytest.mark.parametrize("setup,status,pattern", FAULT_CLI,
+                         ids=["workdir_is_a_file", "below_a_file", "locked"])
+def test_cli_workdir_faults_one_line(tmp_path, setup, status, pattern):
+  wd = tmp_path / "run"
+  setup(wd)
+  if not wd.exists() and (tmp_path / "f").exists():
+    wd = tmp_path / "f" / "run"
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  out = subprocess.run(
+      [sys.executable, "-m", "mexd.train", "--config.num_epochs=1",
+       f"--workdir={wd}"], cwd=REPO, capture_output=True, text=True,
+      timeout=120)
+  assert out.returncode == status, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if "error:" in l]
+  assert len(errors) == 1 and re.search(pattern, errors[0]), out.stderr
+  after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  assert after == before
