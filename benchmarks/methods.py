@@ -271,16 +271,16 @@ def _save_logits(workdir: str, config) -> Dict[str, Any]:
   """Writes workdir/logits.npz (val/test logits) and returns per-exit MACs."""
   from mexd import data as data_lib  # pylint: disable=g-import-not-at-top
   from mexd import sharding  # pylint: disable=g-import-not-at-top
-  from mexd import train  # pylint: disable=g-import-not-at-top
+  from mexd import predict  # pylint: disable=g-import-not-at-top
   from mexd import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from mexd.models import costs  # pylint: disable=g-import-not-at-top
   splits, _ = data_lib.load_splits(config.data)
   tr = splits["train"]
-  model = train.build_model(config, tr.num_classes)
+  model = predict.build_model(config, tr.num_classes)
   variables = workdir_lib.load_variables(workdir)
-  predictor = train.Predictor(model, tr.mean, tr.std, sharding.make_mesh(1),
-                              500, train.compute_dtype(config),
-                              tr.image_shape)
+  predictor = predict.Predictor(model, tr.mean, tr.std,
+                                sharding.make_mesh(1), 500,
+                                predict.compute_dtype(config), tr.image_shape)
   np.savez_compressed(
       os.path.join(workdir, "logits.npz"),
       val=predictor.logits(variables, splits["val"]),

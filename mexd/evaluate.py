@@ -48,9 +48,9 @@ from mexd import early_exit as ee
 from mexd import errors
 from mexd import hostmem
 from mexd import paths
+from mexd import predict
 from mexd import sharding
 from mexd import steps
-from mexd import train
 from mexd import workdir as workdir_lib
 from mexd import xla_options
 from mexd.models import costs as costs_lib
@@ -307,10 +307,10 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
     raise ValueError(f"the validation split recomputed for {workdir} differs "
                      "from the one saved in splits.npz; the data set changed")
   tr = splits["train"]
-  model = train.build_model(config, tr.num_classes)
+  model = predict.build_model(config, tr.num_classes)
   mesh = sharding.make_mesh(1)
-  predictor = train.Predictor(model, tr.mean, tr.std, mesh, 500,
-                              train.compute_dtype(config), tr.image_shape)
+  predictor = predict.Predictor(model, tr.mean, tr.std, mesh, 500,
+                                predict.compute_dtype(config), tr.image_shape)
   val, test = splits["val"], splits["test"]
   val_logits = predictor.logits(variables, val)
   test_logits = predictor.logits(variables, test)

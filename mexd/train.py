@@ -41,6 +41,7 @@ from mexd import metrics as metrics_lib
 from mexd import models
 from mexd import optim
 from mexd import paths
+from mexd import predict
 from mexd import sharding
 from mexd import state as state_lib
 from mexd import steps
@@ -51,85 +52,11 @@ from mexd.data import pipeline
 _DEFAULT_CONFIG = configs.path("digits")
 
 
-def build_model(config, num_classes: int):
-  """The model of `config.model` for `num_classes` classes."""
-  return models.get_model(config.model.name, num_classes=num_classes,
-                          dtype=config.model.dtype,
-                          **dict(config.model.get("kwargs", {})))
-
-
 def build_method(config) -> losses.Method:
   """The training objective named by `config.method`."""
   hparams = dict(config.loss.get(config.method, {})) if config.get(
       "loss") else {}
   return losses.get_method(config.method, **hparams)
-
-
-def compute_dtype(config):
-  return jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-
-
-class Predictor:
-  """Jitted, sharded eval-mode forward pass over a whole split."""
-
-  def __init__(self, model, mean, std, mesh, batch_size: int, dtype,
-               image_shape=None):
-    self.image_shape = None if image_shape is None else tuple(image_shape)
-    self.mesh = mesh
-    self.batch_size = batch_size
-    self._fn = xla_options.jit(
-        steps.make_predict(model, mean=mean, std=std, dtype=dtype),
-        out_shardings=sharding.replicated(mesh))
-    self._bsh = sharding.batch_sharding(mesh)
-
-  def logits(self, variables, ds: data_lib.Dataset) -> np.ndarray:
-    """[E, N, C] float32 logits of every exit for every image of ds.
-
-    Raises:
-      ValueError: ds's images are not of the model's image shape.
-    """
-    if self.image_shape is not None and ds.image_shape != self.image_shape:
-      raise ValueError(f"images of shape {ds.image_shape} given to a model "
-                       f"trained on {self.image_shape} images; resize them "
-                       "or use a model trained on this size")
-    out = []
-    for batch, valid in pipeline.eval_batches(ds, self.batch_size):
-      rows = pipeline.host_slice(self.batch_size)
-      images = pipeline.make_global({"image": batch["image"][rows]},
-                                    self._bsh)["image"]
-      out.append(np.asarray(jax.device_get(self._fn(variables, images)))
-                 [:, :valid])
-    return np.concatenate(out, axis=1)
-
-
-def accuracy_table(logits: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:
-  """Per-exit accuracy and the accuracy of the running exit ensemble.
-
-  Args:
-    logits: [E, N, C]; labels: [N].
-
-  Returns:
-    {"acc": [E] per-exit top-1, "ens_acc": [E] top-1 of the mean softmax of
-    exits 0..k}.
-  """
-  acc = (logits.argmax(-1) == labels[None]).mean(-1)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  ens = np.cumsum(p, 0) / np.arange(1, p.shape[0] + 1)[:, None, None]
-  ens_acc = (ens.argmax(-1) == labels[None]).mean(-1)
-  return {"acc": acc.tolist(), "ens_acc": ens_acc.tolist()}
-
-
-def format_table(results: Dict[str, Dict[str, Any]]) -> str:
-  """A text table: one row per exit, one accuracy column per split."""
-  names = list(results)
-  num_exits = len(results[names[0]]["acc"])
-  head = "exit  " + "  ".join(f"{n + ' acc':>10}" for n in names)
-  lines = [head, "-" * len(head)]
-  for k in range(num_exits):
-    lines.append(f"{k:>4}  " + "  ".join(
-        f"{100 * results[n]['acc'][k]:>9.2f}%" for n in names))
-  return "\n".join(lines)
 
 
 def load_teacher(config, num_classes):
@@ -139,7 +66,7 @@ def load_teacher(config, num_classes):
     raise ValueError(f"method {config.method!r} learns from a teacher: set "
                      "--config.teacher_workdir to a finished run's workdir")
   tconfig = workdir_lib.load_config(tdir)
-  tmodel = build_model(tconfig, num_classes)
+  tmodel = predict.build_model(tconfig, num_classes)
   variables = workdir_lib.load_variables(tdir)
   return tmodel, variables
 
@@ -213,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   splits, split_idx = data_lib.load_splits(config.data)
   train_ds = splits["train"]
   num_classes, image_shape = train_ds.num_classes, train_ds.image_shape
-  model = build_model(config, num_classes)
+  model = predict.build_model(config, num_classes)
   models.check_input_size(config.model.name, image_shape)
   mesh = sharding.make_mesh(config.get("num_devices"))
   sharding.check_batch_size(config.batch_size, mesh)
@@ -229,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = steps_per_epoch * config.num_epochs
   tx, lr_fn = optim.make_optimizer(config.optimizer, steps_per_epoch,
                                    config.num_epochs)
-  dtype = compute_dtype(config)
+  dtype = predict.compute_dtype(config)
   repl = sharding.replicated(mesh)
   bsh = sharding.batch_sharding(mesh)
 
@@ -294,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_step = xla_options.jit(
         step_fn, in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
         donate_argnums=(0,))
-    predictor = Predictor(model, train_ds.mean, train_ds.std, mesh,
+    predictor = predict.Predictor(model, train_ds.mean, train_ds.std, mesh,
                           config.eval_batch_size, dtype, image_shape)
     writer = metrics_lib.MetricWriter(workdir)
     variables = lambda s: {"params": s.params["model"],
@@ -302,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     def evaluate(s, split):
       ds = splits[split]
-      res = accuracy_table(predictor.logits(variables(s), ds), ds.labels)
+      res = predict.accuracy_table(predictor.logits(variables(s), ds), ds.labels)
       writer.write_scalars(int(jax.device_get(s.step)), {
           **{f"acc/exit{k}": a for k, a in enumerate(res["acc"])},
           **{f"ens_acc/exit{k}": a for k, a in enumerate(res["ens_acc"])}},
@@ -390,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       paths.write_json(paths.path(workdir) / "results.json", results, indent=2)
       print(f"\nPer-exit top-1 accuracy ({config.data.name}, method "
             f"{config.method}, {total_steps} steps, {train_seconds:.1f}s):")
-      print(format_table({"val": results["val"], "test": results["test"]}))
+      print(predict.format_table({"val": results["val"], "test": results["test"]}))
     writer.close()
     manager.close()
     return results

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mexd.configs import digits
+from mexd import predict
 from mexd import train
 from mexd import workdir as workdir_lib
 from mexd.data import base
@@ -92,8 +93,8 @@ def test_images_of_wrong_dtype_or_shape():
     base.Dataset(np.zeros((3, 8, 8, 1), np.float32), np.zeros(3, np.int32),
                  10, (0.,), (1.,))
   config = digits.get_config()
-  model = train.build_model(config, 10)
-  pred = train.Predictor(model, (0.,), (1.,), train.sharding.make_mesh(1),
+  model = predict.build_model(config, 10)
+  pred = predict.Predictor(model, (0.,), (1.,), train.sharding.make_mesh(1),
                          8, np.float32, image_shape=(8, 8, 1))
   wrong = base.Dataset(np.zeros((3, 28, 28, 1), np.uint8),
                        np.zeros(3, np.int32), 10, (0.,), (1.,))

@@ -16,6 +16,7 @@ import pytest
 
 from mexd import config_lib
 from mexd import configs
+from mexd import predict
 from mexd import train
 from mexd.data import mock
 
@@ -58,7 +59,7 @@ def test_recipe_builds_and_traces(name, arg):
   shape, classes = SHAPES[c.data.name]
   if shape is None:
     shape = (c.data.image_size, c.data.image_size, 3)
-  model = train.build_model(c, classes)
+  model = predict.build_model(c, classes)
   x = jnp.zeros((2,) + shape, jnp.float32)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), x, train=False))
