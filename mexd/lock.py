@@ -134,8 +134,11 @@ class WorkdirLock:
       return json.loads(self.path.read_text())
     except FileNotFoundError:
       return None
-    except (ValueError, OSError):  # Half-written or garbled: treat as stale
-      return {}  # only when old (no host, heartbeat 0).
+    except (ValueError, OSError):  # Garbled: stale only once its file is
+      try:  # as old as a missed heartbeat.
+        return {"heartbeat": self.path.stat().mtime}
+      except OSError:
+        return {}
 
   def acquire(self) -> "WorkdirLock":
     """Takes the lock, or raises WorkdirLockedError naming its owner.
@@ -198,7 +201,14 @@ class WorkdirLock:
       return
     self._beat = now
     try:
-      self.path.write_text(json.dumps(self._record(now)))
+      text = json.dumps(self._record(now))
+      if paths.is_local(self.path):  # Atomic: a reader never sees half.
+        tmp = f"{os.fspath(self.path)}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+          f.write(text)
+        os.replace(tmp, os.fspath(self.path))
+      else:  # An object store replaces an object whole.
+        self.path.write_text(text)
     except OSError as e:  # A heartbeat must not kill a run.
       logging.warning("Could not refresh %s: %s", self.path, e)
 

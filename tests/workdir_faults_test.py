@@ -210,3 +210,24 @@ def test_failed_metric_write_is_one_message(tmp_path, monkeypatch):
                      r"good checkpoint \(step 5\) is intact"):
     train.train_and_evaluate(config, wd)
   assert not os.path.exists(os.path.join(wd, ".lock"))
+
+
+def test_garbled_lock_is_stale_only_when_old(tmp_path):
+  """A lock file read half-written is not taken over while it is fresh."""
+  lock = tmp_path / ".lock"
+  lock.write_text('{"pid": 12')
+  with pytest.raises(lock_lib.WorkdirLockedError):
+    lock_lib.WorkdirLock(str(tmp_path)).acquire()
+  old = time.time() - 2 * lock_lib.STALE_SECONDS
+  os.utime(lock, (old, old))
+  with lock_lib.WorkdirLock(str(tmp_path)):
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_heartbeat_rewrites_the_lock_whole(tmp_path, monkeypatch):
+  with lock_lib.WorkdirLock(str(tmp_path)) as held:
+    monkeypatch.setattr(lock_lib.time, "time", lambda: 4e9)
+    held.refresh()
+    rec = json.loads((tmp_path / ".lock").read_text())
+    assert rec["heartbeat"] == 4e9 and rec["pid"] == os.getpid()
+    assert sorted(os.listdir(tmp_path)) == [".lock"]  # No temporary left.
