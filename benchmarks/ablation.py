@@ -44,7 +44,7 @@ ABLATIONS = {
         title="Fashion-MNIST, data-limited: exit heads and down-sampling",
         variants=[
             dict(name="fm_limited_arch_pool_dense", label="pool → dense "
-                 "heads, strided convs (recipe before the change)",
+                 "heads, strided convs (the small CNN's default)",
                  model="head=pool_dense,downsample=stride"),
             dict(name="fm_limited_arch_conv", label="conv heads, strided "
                  "convs", model="head=conv,downsample=stride"),
