@@ -426,6 +426,19 @@ def _usage_error(msg: str):
   raise SystemExit(2)
 
 
+def _join_config(argv):
+  """argv with `--config V` written as `--config=V` (one form to parse)."""
+  out, i = [], 0
+  while i < len(argv):
+    if i and argv[i] == "--config" and i + 1 < len(argv):
+      out.append(f"--config={argv[i + 1]}")
+      i += 2
+      continue
+    out.append(argv[i])
+    i += 1
+  return out
+
+
 def _config_file(argv):
   """The file part of the last --config=FILE[:arg] of argv, or None."""
   value = None
@@ -578,7 +591,7 @@ def parse_flags(argv):
   any keyword of the model (`mexd.models.model_keywords`) the recipe does
   not set; VALUE is read as a Python literal ('(0.1, 0.2)', '3', 'conv').
   """
-  argv = configs.resolve_argv(argv)
+  argv = _join_config(configs.resolve_argv(argv))
   config_file = _config_file(argv) or _DEFAULT_CONFIG
   if not os.path.isfile(config_file):
     _usage_error(f"--config: no such file {config_file}; pass an installed "
@@ -614,6 +627,7 @@ def parse_flags(argv):
 
 if __name__ == "__main__":
   _argv = sys.argv  # Kept whole for the resume command.
+  sys.argv = _join_config(sys.argv)
   if _config_file(sys.argv) is None:
     sys.argv = sys.argv[:1] + [f"--config={_DEFAULT_CONFIG}"] + sys.argv[1:]
   define_flags()

@@ -214,32 +214,46 @@ def _wait_for(pred, proc, what, timeout=400):
 
 @pytest.mark.slow
 def test_second_writer_is_refused_then_runs_after_the_first(tmp_path):
+  """While a run trains, the same command is refused naming its pid; once
+  the first has stopped (SIGTERM), the same command takes the lock and
+  resumes. The first run is long (400 epochs) so that it still trains while
+  the second starts on a loaded machine; it is stopped, never finished."""
   workdir = str(tmp_path / "run")
-  cmd = _cmd(workdir)[:-1] + ["--config.num_epochs=6", f"--workdir={workdir}"]
-  before = None
+  cmd = _cmd(workdir)[:-1] + ["--config.num_epochs=400",
+                              f"--workdir={workdir}"]
+
+  def start(log):
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
+
   with open(tmp_path / "first.txt", "w") as log:
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=log)
+    first = start(log)
     try:
       _wait_for(lambda: _steps(workdir), first, "its first checkpoint")
-      before = sorted(os.listdir(workdir))
+      assert os.path.exists(os.path.join(workdir, ".lock"))
       second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                               timeout=300)
-      assert first.poll() is None, "the first run ended too early to test"
+      assert first.poll() is None, "the first run ended before the second"
     finally:
-      first.wait(timeout=600)
-  assert first.returncode == 0, open(tmp_path / "first.txt").read()[-2000:]
+      first.send_signal(signal.SIGTERM)
+      first.wait(timeout=300)
+  assert first.returncode == 143, open(tmp_path / "first.txt").read()[-2000:]
   assert second.returncode == 2, second.stderr[-2000:]
   lines = [l for l in second.stderr.splitlines() if "error:" in l]
   assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
   assert re.search(rf"{re.escape(workdir)} is being written by another "
                    rf"mexd.train \(pid {first.pid} on host ", lines[0]), lines
   assert "delete " + os.path.join(workdir, ".lock") in lines[0]
-  assert before is not None and ".lock" in before
   assert not os.path.exists(os.path.join(workdir, ".lock"))  # Released.
-  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert "Per-exit top-1 accuracy" in out.stdout
+  stopped = _steps(workdir)[-1]
+  with open(tmp_path / "again.txt", "w") as log:
+    again = start(log)
+    _wait_for(lambda: _steps(workdir)[-1] > stopped, again,
+              "a checkpoint after the resume")
+    again.send_signal(signal.SIGTERM)
+    again.wait(timeout=300)
+  out = open(tmp_path / "again.txt").read()
+  assert again.returncode == 143, out[-2000:]
+  assert f"Resuming from step {stopped}" in out, out[-2000:]
 
 
 def test_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
