@@ -463,10 +463,8 @@ def _config_keys(config, prefix=""):
 def _bad_override(argv, config_file):
   """(flag, closest valid keys) of the first --config.KEY not in the config."""
   import difflib  # pylint: disable=g-import-not-at-top
-  import runpy  # pylint: disable=g-import-not-at-top
   try:
-    config = runpy.run_path(config_file)["get_config"]()
-    keys = _config_keys(config)
+    keys = _config_keys(_recipe(argv, config_file))
   except Exception:  # pylint: disable=broad-except
     return None
   for a in argv[1:]:
