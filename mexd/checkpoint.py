@@ -10,7 +10,8 @@ written on 8 devices restores on 1 device and back.
 
 import hashlib
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 from absl import logging
 from etils import epath
@@ -32,7 +33,14 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
       create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(paths.path(workdir) / "checkpoints",
-                               options=options)
+                               options=options, item_handlers=item_handlers())
+
+
+def item_handlers():
+  """The handlers of a checkpoint's two items. Naming them lets
+  `item_metadata(step)` describe the saved arrays before restoring."""
+  return {"state": ocp.StandardCheckpointHandler(),
+          "integrity": ocp.JsonCheckpointHandler()}
 
 
 def abstract_like(state, shardings) -> Any:
@@ -70,16 +78,105 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint's bytes do not match the digest saved with it."""
 
 
+class StructureMismatchError(RuntimeError):
+  """A checkpoint holds arrays of other names, shapes or dtypes than the
+  state this code builds (a code or config change since it was written)."""
+
+
+# Top-level state fields that older checkpoints hold and restoring drops:
+# "teacher" (the frozen ERDE/KD teacher, now read from its own run).
+DROPPED_FIELDS = ("teacher",)
+
+
+def _named_leaves(tree) -> Dict[str, Any]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _spec(x) -> str:
+  return f"{np.dtype(x.dtype).name}{list(x.shape)}"
+
+
+def saved_metadata(manager: ocp.CheckpointManager, step: int):
+  """The saved state's tree of array metadata (.shape, .dtype), or None
+  when the checkpoint cannot describe itself."""
+  try:
+    return manager.item_metadata(step)["state"]
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def match_structure(step: int, saved, abstract_state) -> Dict[str, Any]:
+  """Checks the saved arrays against the restore target.
+
+  Args:
+    step: the checkpoint's step (for the message).
+    saved: `saved_metadata(...)` of that step.
+    abstract_state: the restore target (ShapeDtypeStructs).
+
+  Returns:
+    name -> metadata of the saved arrays under DROPPED_FIELDS (restored, so
+    that the digest can be checked, then dropped); {} for a current
+    checkpoint.
+
+  Raises:
+    StructureMismatchError naming the arrays that are missing, unexpected or
+    of another shape or dtype.
+  """
+  have, want = _named_leaves(saved), _named_leaves(abstract_state)
+  dropped = {n: m for n, m in have.items()
+             if n.split("/")[0] in DROPPED_FIELDS and n not in want}
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want) - set(dropped))
+  differ = sorted(f"{n} ({_spec(have[n])} saved, {_spec(want[n])} expected)"
+                  for n in set(have) & set(want)
+                  if _spec(have[n]) != _spec(want[n]))
+  if not (missing or extra or differ):
+    return dropped
+  show = lambda names: ", ".join(names[:4]) + (
+      f" and {len(names) - 4} more" if len(names) > 4 else "")
+  parts = ([f"missing {show(missing)}"] if missing else []) + (
+      [f"unexpected {show(extra)}"] if extra else []) + (
+          [f"of another shape or dtype: {show(differ)}"] if differ else [])
+  raise StructureMismatchError(
+      f"checkpoint {step} holds a state of another structure than this code "
+      f"and config build ({'; '.join(parts)})")
+
+
 def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state):
-  """Restores and verifies checkpoint `step`; raises if it is damaged."""
+  """Restores and verifies checkpoint `step`; raises if it is damaged.
+
+  The saved arrays are first checked against `abstract_state`
+  (`match_structure`); fields of older checkpoints that the state no longer
+  has (DROPPED_FIELDS) are read, verified with the rest and dropped.
+  """
+  saved = saved_metadata(manager, step)
+  dropped = {} if saved is None else match_structure(step, saved,
+                                                     abstract_state)
+  target = abstract_state
+  if dropped:  # Restore as the nested dict the checkpoint holds.
+    host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
+        saved)
+    want = _named_leaves(abstract_state)
+    target = jax.tree_util.tree_map_with_path(
+        lambda path, t: want.get("/".join(_key_name(k) for k in path), t),
+        target)
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
+      state=ocp.args.StandardRestore(target),
       integrity=ocp.args.JsonRestore()))
   expected = restored["integrity"]["sha256"]
   if digest(restored["state"]) != expected:
     raise CorruptCheckpointError(
         f"checkpoint {step} does not match its saved SHA-256 digest")
-  return restored["state"]
+  state = restored["state"]
+  if dropped:
+    got = _named_leaves(state)
+    treedef = jax.tree.structure(abstract_state)
+    names = list(_named_leaves(abstract_state))
+    state = jax.tree.unflatten(treedef, [got[n] for n in names])
+  return state
 
 
 class Restored(NamedTuple):
@@ -119,11 +216,13 @@ def restore_latest(manager: ocp.CheckpointManager,
     Restored(step, state, unreadable), or None when there is no checkpoint.
 
   Raises:
+    StructureMismatchError: every checkpoint is intact but holds a state of
+      another structure (names the arrays that differ).
     RuntimeError: checkpoints exist but none can be read (refusing to train
       from scratch over them).
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  errors = []
+  errors, mismatch = [], []
   for step in steps:
     try:
       target = (abstract_state(step) if callable(abstract_state)
@@ -133,11 +232,20 @@ def restore_latest(manager: ocp.CheckpointManager,
         logging.warning("Fell back to checkpoint %d; unreadable: %s", step,
                         "; ".join(f"step {s}: {m}" for s, m in errors))
       return Restored(step, state, tuple(errors))
+    except StructureMismatchError as e:  # The same for every step.
+      mismatch.append(str(e))
+      errors.append((step, f"{type(e).__name__}: {str(e)[:200]}"))
     except Exception as e:  # pylint: disable=broad-except
       msg = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
       logging.warning("Checkpoint %d unreadable, trying an older one (%s)",
                       step, msg)
       errors.append((step, msg))
+  if mismatch and len(mismatch) == len(errors):
+    raise StructureMismatchError(
+        f"{manager.directory}: {mismatch[0]}. The files are intact; they "
+        "were written by another version of mexd or another model. Restore "
+        "them with the code that wrote them, or start afresh in a new work "
+        "directory (or with --overwrite, which moves them aside).")
   if errors:
     raise RuntimeError(
         f"no readable checkpoint in {manager.directory} ("

@@ -42,3 +42,19 @@ def check_batch_size(batch_size: int, mesh: Mesh):
         f"global batch size {batch_size} is not divisible by the {n} devices "
         f"of the mesh; use a multiple of {n} (e.g. "
         f"{max(n, batch_size - batch_size % n)})")
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Host arrays (the same on every process) -> arrays replicated on `mesh`.
+
+  Each process fills only its own devices from its host copy, so this works
+  on several hosts, where `jax.device_put` of a host array to devices of
+  other processes is not allowed.
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(put, tree)

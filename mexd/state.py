@@ -3,8 +3,10 @@
 All of it is checkpointed, so a resumed run continues bit for bit: the step
 (which also fixes the data position and the per-step rng), parameters of the
 model and of the method (MATE's teacher weights), batch statistics, optimizer
-state, the method's state (P&L's temperature), the frozen teacher of
-teacher-student methods (ERDE), and the non-finite-step bookkeeping.
+state, the method's state (P&L's temperature) and the non-finite-step
+bookkeeping. The frozen teacher of teacher-student methods (ERDE, KD) is not
+state: it is read from its own run's work directory at start and passed to
+the step as a separate argument (`mexd.steps.make_train_step`).
 """
 
 from typing import Any
@@ -24,7 +26,6 @@ class TrainState:
     batch_stats: the model's batch-norm statistics.
     opt_state: optax state of `params`.
     method_state: e.g. {"temperature": T}.
-    teacher: {"params", "batch_stats"} of a frozen teacher, or {}.
     rng: uint32 [2] root key of the training loop (folded with the step).
     skipped: int32 count of steps skipped because of non-finite values.
   """
@@ -34,12 +35,11 @@ class TrainState:
   batch_stats: PyTree
   opt_state: PyTree
   method_state: PyTree
-  teacher: PyTree
   rng: jax.Array
   skipped: jax.Array
 
 
-def create(rng, *, model, method, tx, image_shape, teacher=None):
+def create(rng, *, model, method, tx, image_shape):
   """Initialises a TrainState (call under jit with out_shardings).
 
   Args:
@@ -48,7 +48,6 @@ def create(rng, *, model, method, tx, image_shape, teacher=None):
     method: a `mexd.losses.Method`.
     tx: the optax optimizer.
     image_shape: (H, W, C) of one image.
-    teacher: frozen teacher variables or None.
   """
   rng_init, rng_loop = jax.random.split(rng)
   (logits, _), variables = model.init_with_output(
@@ -60,5 +59,5 @@ def create(rng, *, model, method, tx, image_shape, teacher=None):
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables.get("batch_stats", {}),
       opt_state=tx.init(params), method_state=method.init_state(),
-      teacher=teacher or {}, rng=rng_loop,
+      rng=rng_loop,
       skipped=jnp.zeros((), jnp.int32))

@@ -1,11 +1,12 @@
 """The jitted train and predict steps (pure functions of state and batch).
 
 `make_train_step(...)` closes over the static pieces (model, method,
-optimizer, preprocessing) and returns `train_step(state, batch) -> (state,
-metrics)`; the caller jits it with shardings and donates the state.
+optimizer, preprocessing) and returns `train_step(state, batch, teacher) ->
+(state, metrics)`; the caller jits it with shardings and donates the state
+(never the frozen teacher's variables, which every step reads again).
 """
 
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,7 @@ def _all_finite(tree) -> Array:
 def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
                     flip: bool, steps_per_epoch: int, num_epochs: int,
                     teacher_model=None, dtype=jnp.float32
-                    ) -> Callable[[TrainState, Dict[str, Array]],
-                                  Tuple[TrainState, Dict[str, Array]]]:
+                    ) -> Callable[..., Tuple[TrainState, Dict[str, Array]]]:
   """Builds the train step.
 
   The step: augments the batch on device with `fold_in(state.rng, step)`,
@@ -58,12 +58,22 @@ def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
   gradients are not finite leaves parameters and state unchanged (except
   `step` and `skipped`), and its metrics say so ("nonfinite" = 1).
 
-  Returns:
-    train_step(state, batch) -> (state, metrics of scalars) where batch is
-    {"image": uint8 [B, H, W, C], "label": int32 [B]}.
-  """
+  Args (besides the preprocessing ones):
+    teacher_model: the frozen teacher's Flax model, for methods with
+      `needs_teacher` (ERDE, KD); its variables come with every call.
 
-  def train_step(state: TrainState, batch):
+  Returns:
+    train_step(state, batch, teacher=None) -> (state, metrics of scalars)
+    where batch is {"image": uint8 [B, H, W, C], "label": int32 [B]} and
+    teacher the teacher's {"params", "batch_stats"} (replicated, not donated;
+    required exactly when the method needs a teacher).
+  """
+  if method.needs_teacher and teacher_model is None:
+    raise ValueError(f"method {method.name!r} learns from a teacher: pass "
+                     "teacher_model")
+
+  def train_step(state: TrainState, batch,
+                 teacher: Optional[Dict[str, Any]] = None):
     rng = jax.random.fold_in(state.rng, state.step)
     k_aug, k_drop = jax.random.split(rng)
     images = preprocess(k_aug, batch["image"], mean=mean, std=std,
@@ -73,7 +83,10 @@ def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
                 / num_epochs)
     outputs_extra = {}
     if method.needs_teacher:
-      t_logits, _ = teacher_model.apply(state.teacher, images, train=False)
+      if not teacher:
+        raise ValueError(f"method {method.name!r} learns from a teacher: "
+                         "call train_step(state, batch, teacher_variables)")
+      t_logits, _ = teacher_model.apply(teacher, images, train=False)
       outputs_extra["teacher_logits"] = jax.lax.stop_gradient(t_logits)
 
     def loss_fn(params):

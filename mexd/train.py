@@ -60,7 +60,8 @@ def build_method(config) -> losses.Method:
 
 
 def load_teacher(config, num_classes):
-  """(model, variables) of the frozen teacher run in config.teacher_workdir."""
+  """(model, host variables) of the frozen teacher run in
+  config.teacher_workdir (read once at start, never checkpointed)."""
   tdir = config.get("teacher_workdir")
   if not tdir:
     raise ValueError(f"method {config.method!r} learns from a teacher: set "
@@ -161,8 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   bsh = sharding.batch_sharding(mesh)
 
   init_fn = functools.partial(state_lib.create, model=model, method=method,
-                              tx=tx, image_shape=image_shape,
-                              teacher=teacher_vars)
+                              tx=tx, image_shape=image_shape)
   rng = jax.random.PRNGKey(config.seed)
   abstract = jax.eval_shape(init_fn, rng)  # Also validates the model.
   step_fn = steps.make_train_step(
@@ -175,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   jax.eval_shape(step_fn, abstract, {
       "image": jax.ShapeDtypeStruct((config.batch_size,) + image_shape,
                                     jnp.uint8),
-      "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)})
+      "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)},
+                 teacher_vars)
   # One writer per work directory (released on return, error, SIGTERM); a
   # failed write (full disk, read-only folder) is one message naming the
   # path, the cause and the last good checkpoint.
@@ -218,9 +219,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       except OSError as e:
         raise paths.write_error(workdir, e, manager.latest_step()) from e
 
+    # The teacher is an argument of every step: replicated, never donated.
+    teacher = sharding.put_replicated(teacher_vars or {}, mesh)
     train_step = xla_options.jit(
-        step_fn, in_shardings=(state_sh, bsh), out_shardings=(state_sh, repl),
-        donate_argnums=(0,))
+        step_fn, in_shardings=(state_sh, bsh, repl),
+        out_shardings=(state_sh, repl), donate_argnums=(0,))
     predictor = predict.Predictor(model, train_ds.mean, train_ds.std, mesh,
                           config.eval_batch_size, dtype, image_shape)
     writer = metrics_lib.MetricWriter(workdir)
@@ -248,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
     with _Preempted() as preempted:
       for step, batch in pipeline.prefetch(batches, start, total_steps, bsh):
-        state, m = train_step(state, batch)
+        state, m = train_step(state, batch, teacher)
         pending.append(m)
         if len(pending) > 2:  # At most 2 steps in flight: an honest ETA.
           jax.block_until_ready(pending[-3]["loss"])

@@ -180,14 +180,13 @@ def read_checkpoint(workdir: str) -> RunCheckpoint:
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   # With the handlers named, item_metadata() describes the arrays (else it
   # is None and orbax restores onto the saving run's devices).
-  with ocp.CheckpointManager(ckpt_dir, item_handlers={
-      "state": ocp.StandardCheckpointHandler(),
-      "integrity": ocp.JsonCheckpointHandler()}) as mngr:
+  with ocp.CheckpointManager(
+      ckpt_dir, item_handlers=checkpoint.item_handlers()) as mngr:
     if not mngr.all_steps():
       raise WorkdirError(f"{ckpt_dir} holds no finished checkpoint")
 
     def abstract(step):
-      meta = mngr.item_metadata(step)["state"]
+      meta = checkpoint.saved_metadata(mngr, step)
       if meta is None:
         raise ValueError(f"checkpoint {step} has no readable metadata")
       return jax.tree.map(
