@@ -1,11 +1,12 @@
 """Ablations of the method comparison: which setting choice hides a claim.
 
-  python benchmarks/ablation.py --ablation=fashion_mnist_limited_arch
+  python -m benchmarks.ablation --ablation=fashion_mnist_limited_arch
 
 An ablation trains the same rows (e.g. CE and P&L) under several variants
-of the recipe (model options, config overrides), with benchmarks/methods.py's
-runs, ledger and resume (finished runs are read back, so the command resumes
-an interrupted ablation on any machine), and writes
+of the recipe (model options, config overrides), with the runs, ledger and
+resume of the method comparison (benchmarks/study.py: finished runs are read
+back, so the command resumes an interrupted ablation on any machine), and
+writes
 `docs/results_<ablation>.md` and `benchmarks/results/<ablation>.json`:
 
 * per variant and row, per-exit **validation** accuracy (mean ± std over
@@ -21,18 +22,17 @@ an interrupted ablation on any machine), and writes
 import datetime
 import json
 import os
-import shlex
-import sys
 from typing import Any, Dict, List
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import claims as claims_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import methods as methods_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-_ROOT = methods_lib._ROOT  # pylint: disable=protected-access
+from benchmarks import claims as claims_lib
+from benchmarks import common
+from benchmarks import methods
+from benchmarks import report
+from benchmarks import study
+from benchmarks import tables
 
 # name -> the study: data, setting, rows, seeds and its variants (the first
 # is the baseline). A variant: its study name (ledger folder), model options
@@ -55,10 +55,11 @@ ABLATIONS = {
 }
 
 # --workroot, --ledger, --out, --docs, --seeds (default: the ablation's) and
-# --report_only are benchmarks/methods.py's flags.
+# --report_only are benchmarks/methods.py's flags (imported for them).
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("ablation", "fashion_mnist_limited_arch", list(ABLATIONS),
                   "The ablation to run.")
+flags.adopt_module_key_flags(methods)
 
 
 def run_variants(spec: Dict[str, Any], seeds: List[int], workroot: str,
@@ -68,16 +69,16 @@ def run_variants(spec: Dict[str, Any], seeds: List[int], workroot: str,
   out = {v["name"]: [] for v in spec["variants"]}
   for seed in seeds:
     for v in spec["variants"]:
-      tasks = methods_lib.plan(
+      tasks = study.plan(
           spec["data"], [spec["setting"]], v.get("methods", spec["methods"]),
           [seed], ({"*": spec["epochs"]} if spec.get("epochs") else {}),
           os.path.join(workroot, v["name"]), curve_seeds=[],
-          model=methods_lib.parse_model(v.get("model", "")),
+          model=study.parse_model(v.get("model", "")),
           ledger=os.path.join(ledger, v["name"]),
-          overrides=methods_lib.parse_model(v.get("set", "")))
+          overrides=study.parse_model(v.get("set", "")))
       for t in tasks:
         t["report_only"] = report_only
-      recs = methods_lib.run_tasks(tasks, 1, lambda r: None)
+      recs = study.run_tasks(tasks, 1, lambda r: None)
       for r in recs:
         state = "error: " + r["error"] if "error" in r else (
             f"reused ({r['reused']})" if r.get("reused") else "trained")
@@ -88,7 +89,7 @@ def run_variants(spec: Dict[str, Any], seeds: List[int], workroot: str,
 
 
 def _by_method(records, split):
-  acc = methods_lib.per_setting_accuracy(records, split)
+  acc = tables.per_setting_accuracy(records, split)
   return next(iter(acc.values()), {})
 
 
@@ -100,7 +101,7 @@ def summarize(spec, runs: Dict[str, List[Dict]]) -> Dict[str, Any]:
     recs = runs[v["name"]]
     entry = {"name": v["name"], "label": v["label"],
              "model": v.get("model", ""), "set": v.get("set", ""),
-             "aggregates": methods_lib.aggregate_records(recs).get(
+             "aggregates": tables.aggregate_records(recs).get(
                  spec["setting"], {}), "vs_baseline": {}}
     for split in ("val", "test"):
       mine, ref = _by_method(recs, split), _by_method(runs[base], split)
@@ -117,7 +118,7 @@ def summarize(spec, runs: Dict[str, List[Dict]]) -> Dict[str, Any]:
 
 def _acc_cells(a, key):
   t = a[key]
-  return [methods_lib.format_cell(m, s, t["n"]) for m, s in
+  return [tables.format_cell(m, s, t["n"]) for m, s in
           zip(t["mean"], t["std"])]
 
 
@@ -159,30 +160,19 @@ def write_markdown(path: str, spec, summary, command: str, date: str,
       for split, key in (("val", "val_diff"), ("test", "diff")):
         if key in a:
           d = a[key]
-          cells = [claims_lib.format_ci(x, lo, hi) for x, lo, hi in
-                   zip(d["mean"], d["lo"], d["hi"])]
-          cells = [f"**{c}**" if lo > 0 or hi < 0 else c for c, lo, hi in
-                   zip(cells, d["lo"], d["hi"])]
           lines.append("| " + " | ".join(
-              [f"Δ {m} − {d['reference']}", split] + cells + [str(d["n"])])
-                       + " |")
+              [f"Δ {m} − {d['reference']}", split] + tables.ci_cells(d)
+              + [str(d["n"])]) + " |")
     lines.append("")
     for m, by_split in v["vs_baseline"].items():
       for split, d in by_split.items():
-        cells = [claims_lib.format_ci(x, lo, hi) for x, lo, hi in
-                 zip(d["mean"], d["lo"], d["hi"])]
+        cells = tables.ci_cells(d, bold=False)
         lines.append(f"- {m}, this variant − the first, {split}: "
                      + "; ".join(f"exit {k}: {c}" for k, c in
                                  enumerate(cells)) + f" (n = {d['n']})")
     lines.append("")
-  lines += [methods_lib._NOTES_MARK, ""]  # pylint: disable=protected-access
-  notes = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      text = f.read()
-    mark = methods_lib._NOTES_MARK  # pylint: disable=protected-access
-    if mark in text:
-      notes = text.split(mark, 1)[1].strip("\n")
+  lines += [report.NOTES_MARK, ""]
+  notes = report.kept_notes(path)
   with open(path, "w") as f:
     f.write("\n".join(lines) + notes + "\n")
 
@@ -195,12 +185,11 @@ def main(argv):
   runs = run_variants(spec, spec["seeds"], FLAGS.workroot, FLAGS.ledger,
                       FLAGS.report_only)
   summary = summarize(spec, runs)
-  command = "python " + " ".join(
-      shlex.quote(a) for a in sys.argv
-      if a not in ("--report_only", "--report_only=true"))
+  command = common.command_line(drop=("--report_only",
+                                     "--report_only=true"))
   date = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
-  commit = methods_lib.git_commit()
+  commit = report.git_commit()
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, f"{FLAGS.ablation}.json"), "w") as f:
     json.dump({"ablation": FLAGS.ablation, "command": command, "date": date,

@@ -12,39 +12,33 @@ XLA options (`mexd.xla_options.jit`) and timed interleaved; the table gives
 median ms per call and the median of the per-repetition ratio flax / mexd.
 
 Usage:
-  python benchmarks/batch_norm.py
-  python benchmarks/batch_norm.py --batch 128 --reps 21
+  python -m benchmarks.batch_norm
+  python -m benchmarks.batch_norm --batch 128 --reps 21
 """
 
-import argparse
-import os
-import sys
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
+from mexd import xla_options
+from mexd.models import norm
 
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--width", type=int, default=64,
-                 help="stage widths (w, 2w, 4w, 8w) at 32, 16, 8, 4 pixels")
-  p.add_argument("--per_stage", type=int, default=5,
-                 help="batch norms per stage")
-  p.add_argument("--reps", type=int, default=15)
-  common.add_common_flags(p, "batch_norm")
-  return p.parse_args(argv)
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch", 64, "Batch size.")
+flags.DEFINE_integer("width", 64,
+                     "Stage widths (w, 2w, 4w, 8w) at 32, 16, 8, 4 pixels.")
+flags.DEFINE_integer("per_stage", 5, "Batch norms per stage.")
+flags.DEFINE_integer("reps", 15, "Interleaved repetitions.")
+common.define_flags("batch_norm")
+flags.adopt_module_key_flags(common)
 
 
 def make_grad_fn(kind: str):
   """jitted (xs, params, cotangents) -> (d xs, d params) for "flax"/"mexd"."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mexd import xla_options  # pylint: disable=g-import-not-at-top
-  from mexd.models import norm  # pylint: disable=g-import-not-at-top
-
   def bn(x, p):
     if kind == "mexd":
       return norm.batch_norm_train(x, p["scale"], p["bias"], 1e-5)[0]
@@ -60,16 +54,13 @@ def make_grad_fn(kind: str):
   return xla_options.jit(jax.grad(loss, (0, 1)))
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  common.setup_process(args)
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  w, b = args.width, args.batch
+def main(argv):
+  del argv
+  common.setup_from_flags()
+  env = common.environment()
+  w, b = FLAGS.width, FLAGS.batch
   shapes = [(b, 32 >> s, 32 >> s, w << s) for s in range(4)
-            for _ in range(args.per_stage)]
+            for _ in range(FLAGS.per_stage)]
   rng = np.random.default_rng(0)
   xs = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
   gs = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
@@ -82,7 +73,7 @@ def main(argv=None):
       jax.tree_util.tree_leaves(outs["flax"]),
       jax.tree_util.tree_leaves(outs["mexd"])))
   times = {k: [] for k in fns}
-  for _ in range(args.reps):
+  for _ in range(FLAGS.reps):
     for k, f in fns.items():
       times[k].append(common.timeit(lambda f=f: f(xs, ps, gs),
                                     jax.block_until_ready))
@@ -94,9 +85,8 @@ def main(argv=None):
   print(common.format_table([row], list(row), {
       "flax_ms": ".1f", "mexd_ms": ".1f", "ratio_flax_over_mexd": ".3f",
       "max_abs_grad_diff": ".2g"}))
-  common.write_json(args.out, {"args": vars(args), "rows": [row],
-                               "times_s": times})
+  common.write_record("batch_norm", [row], env, times_s=times)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,84 +1,101 @@
-"""Shared helpers of the speed benchmarks: environment record, timing, output.
+"""Shared helpers of the benchmarks: provenance, timing, tables, JSON records.
 
-Every benchmark script prints a text table and writes
-`benchmarks/results/speed_<name>.json` (or `--out`) holding its rows plus
-`environment()`: the command line, date, git hash, jax / torch versions, the
-device the run used, the CPU model and the load average at the time.
+Every speed script prints a text table and writes one JSON record,
+`benchmarks/results/speed_<name>.json` by default (`--out` elsewhere): its
+rows, its flags ("settings") and `environment()`: the command line, date, git
+hash, jax / torch versions, the device the run used, the CPU model and the
+load average at the start and the end.
 
 Because other jobs may share the machine, the scripts time competing variants
 interleaved in one process and report medians and ratios, never absolute
 numbers alone.
 """
 
-import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from absl import flags
+import flax
+import jax
+import jaxlib
+import numpy as np
+
+from benchmarks import env as env_lib
+from mexd import hostmem
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
+FLAGS = flags.FLAGS
 
-def set_threads(threads: Optional[int]):
-  """Restricts XLA:CPU to one thread when threads == 1 (call before jax).
 
-  XLA:CPU has no flag for "N intra-op threads"; it uses one Eigen pool sized
-  to the cores. threads == 1 turns the pool off; other values leave XLA alone
-  (and only set PyTorch's thread count, see `torch_threads`).
+def define_flags(name: str, out: Optional[str] = None):
+  """--out (default results/speed_<name>.json), --threads and --malloc.
+
+  Call at the top of a speed script, then
+  `flags.adopt_module_key_flags(common)` so that --help lists them.
   """
-  if threads == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false"
-                               " intra_op_parallelism_threads=1").strip()
+  flags.DEFINE_string(
+      "out", out or os.path.join(RESULTS, f"speed_{name}.json"),
+      "Where to write the JSON record.")
+  flags.DEFINE_integer(
+      "threads", None, "CPU threads (torch.set_num_threads; 1 also turns off "
+      "XLA:CPU's thread pool); default: all cores.")
+  flags.DEFINE_enum(
+      "malloc", "tuned", ["tuned", "default"], "Host malloc: tuned "
+      "(mexd.hostmem.tune_malloc, as mexd.train does) or glibc's defaults.")
 
 
-def setup_process(args):
-  """First thing in a script's main: threads, then host malloc (before jax).
-
-  `--malloc tuned` (the default, as in `python -m mexd.train`) applies
-  `mexd.hostmem.tune_malloc()`; `--malloc default` keeps glibc's defaults
-  and sets MEXD_TUNE_MALLOC=0 so that child processes keep them too.
-  """
-  set_threads(args.threads)
-  if args.malloc == "default":
-    os.environ["MEXD_TUNE_MALLOC"] = "0"
-  from mexd import hostmem  # pylint: disable=g-import-not-at-top
-  hostmem.tune_malloc()
+def setup_from_flags(**kwargs):
+  """`benchmarks.env.setup` with --threads and --malloc (first in main)."""
+  env_lib.setup(threads=FLAGS.threads, malloc=FLAGS.malloc, **kwargs)
 
 
-def add_common_flags(parser: argparse.ArgumentParser, name: str):
-  """--out (JSON path), --threads and --malloc, shared by every script."""
-  parser.add_argument("--out", default=os.path.join(RESULTS,
-                                                    f"speed_{name}.json"),
-                      help="where to write the JSON record")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="CPU threads (torch.set_num_threads; 1 also turns "
-                      "off XLA:CPU's thread pool); default: all cores")
-  parser.add_argument("--malloc", default="tuned",
-                      choices=("tuned", "default"),
-                      help="host malloc: tuned (mexd.hostmem.tune_malloc, as "
-                      "mexd.train does) or glibc's defaults")
+def settings() -> Dict[str, Any]:
+  """The running script's flags and their values, --out excepted."""
+  main = sys.modules["__main__"]
+  return {f.name: f.value for f in FLAGS.get_key_flags_for_module(main)
+          if f.name != "out"}
+
+
+def command_line(drop: Sequence[str] = ()) -> str:
+  """This process's command, `python -m benchmarks.<name> ARGS` (minus drop)."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  head = (["python", "-m", spec.name] if spec is not None else
+          ["python", os.path.relpath(sys.argv[0], ROOT)])
+  return " ".join(head + [shlex.quote(a) for a in sys.argv[1:]
+                          if a not in drop])
+
+
+def git(*args: str) -> str:
+  """stdout of `git ARGS` in the repository ("" when git fails)."""
+  try:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=10, check=False).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return ""
 
 
 def _git_hash() -> str:
-  try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=10)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "mexd"],
-                           cwd=ROOT, capture_output=True, text=True,
-                           timeout=10).stdout.strip()
-    return out.stdout.strip() + ("+dirty(mexd)" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
+  """Short HEAD hash, "+dirty(mexd)" when mexd/ has uncommitted changes."""
+  head = git("rev-parse", "--short", "HEAD")
+  if not head:
     return "unknown"
+  dirty = git("status", "--porcelain", "--", "mexd")
+  return head + ("+dirty(mexd)" if dirty else "")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
@@ -99,42 +116,44 @@ def loadavg() -> List[float]:
 
 def device_description() -> Dict[str, Any]:
   """The JAX backend and devices the run used, in words."""
-  import jax  # pylint: disable=g-import-not-at-top
   devs = jax.devices()
   return {"platform": devs[0].platform, "device_kind": devs[0].device_kind,
-          "device_count": len(devs), "cpu": _cpu_model(),
+          "device_count": len(devs), "cpu": cpu_model(),
           "cpu_count": os.cpu_count(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def torch_version() -> Optional[str]:
+  """The installed torch's version (torch is not imported), or None."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top
-    return torch.__version__
-  except ImportError:
+    return importlib.metadata.version("torch")
+  except importlib.metadata.PackageNotFoundError:
     return None
 
 
 def environment() -> Dict[str, Any]:
   """Provenance of a measurement (goes into every JSON record)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import flax  # pylint: disable=g-import-not-at-top
-  from mexd import hostmem  # pylint: disable=g-import-not-at-top
   return {
-      "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT)]
-                          + sys.argv[1:]),
+      "command": command_line(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
       "git": _git_hash(),
       "python": platform.python_version(),
       "jax": jax.__version__,
-      "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
+      "jaxlib": getattr(jaxlib, "__version__", None),
       "flax": flax.__version__,
       "torch": torch_version(),
       "device": device_description(),
       "malloc": "tuned" if hostmem.enabled() else "default",
       "loadavg_start": loadavg(),
   }
+
+
+def print_device(env: Dict[str, Any]):
+  """One line: platform, device kind and count, CPU, load."""
+  d = env["device"]
+  print(f"device: {d['platform']} {d['device_kind']} x{d['device_count']} "
+        f"({d['cpu']}, {d['cpu_count']} cpus); load {loadavg()}", flush=True)
 
 
 def timeit(fn: Callable[[], Any], sync: Callable[[Any], Any] = lambda x: x
@@ -173,6 +192,18 @@ def format_table(rows: Sequence[Dict[str, Any]], columns: Sequence[str],
   return "\n".join(lines)
 
 
+def write_record(benchmark: str, rows: Sequence[Dict[str, Any]],
+                 env: Optional[Dict[str, Any]] = None, **extra):
+  """Writes {"benchmark", "environment", "settings", "rows", **extra} to --out.
+
+  `env` is the `environment()` taken at the start (taken now if None).
+  """
+  write_json(FLAGS.out, {"benchmark": benchmark,
+                         "environment": env or environment(),
+                         "settings": settings(), "rows": list(rows),
+                         **extra})
+
+
 def write_json(path: str, record: Dict[str, Any]):
   """Writes the record (plus the load average at the end) as JSON."""
   record = dict(record)
@@ -186,12 +217,8 @@ def write_json(path: str, record: Dict[str, Any]):
 
 
 def _jsonable(x):
-  try:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    if isinstance(x, np.generic):
-      return x.item()
-    if isinstance(x, np.ndarray):
-      return x.tolist()
-  except ImportError:
-    pass
+  if isinstance(x, np.generic):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
   return str(x)

@@ -33,41 +33,41 @@ force exit k (median over `--latency_reps` calls), next to the one-pass
 batch-1 forward.
 
 Usage:
-  python benchmarks/early_exit_speed.py
-  python benchmarks/early_exit_speed.py --models digits_cnn --n 4096
+  python -m benchmarks.early_exit_speed
+  python -m benchmarks.early_exit_speed --models digits_cnn --n 4096
 """
 
-import argparse
-import os
-import sys
+from absl import app
+from absl import flags
+import jax
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from mexd import models
+from mexd import xla_options
+from mexd.early_exit import policies
+from mexd.early_exit import staged
+from mexd.models import costs as costs_lib
 
 # name -> (input shape, classes, default N, default pooled batch B)
 _SETTINGS = {"digits_cnn": ((8, 8, 1), 10, 2048, 256),
              "small_cnn": ((8, 8, 1), 10, 2048, 256),
              "resnet18": ((32, 32, 3), 100, 256, 64)}
 
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--models", default="digits_cnn,resnet18")
-  p.add_argument("--fractions", default="0.25,0.5,0.75",
-                 help="fraction p of the live examples leaving at each exit")
-  p.add_argument("--n", type=int, default=None,
-                 help="images per run (default: 2048 small nets, 256 resnet)")
-  p.add_argument("--modes", default="batch,pooled",
-                 help="staged modes: batch (run on all N), pooled "
-                 "(run_pooled in batches of --batch)")
-  p.add_argument("--batch", type=int, default=None,
-                 help="B of the pooled mode (default: 256 small nets, 64 "
-                 "resnet)")
-  p.add_argument("--reps", type=int, default=5)
-  p.add_argument("--latency_reps", type=int, default=20)
-  common.add_common_flags(p, "early_exit")
-  return p.parse_args(argv)
+FLAGS = flags.FLAGS
+flags.DEFINE_string("models", "digits_cnn,resnet18", "Comma list of models.")
+flags.DEFINE_string("fractions", "0.25,0.5,0.75",
+                    "Fraction p of the live examples leaving at each exit.")
+flags.DEFINE_integer("n", None, "Images per run (default: 2048 small nets, "
+                     "256 resnet).")
+flags.DEFINE_string("modes", "batch,pooled", "Staged modes: batch (run on all "
+                    "N), pooled (run_pooled in batches of --batch).")
+flags.DEFINE_integer("batch", None, "B of the pooled mode (default: 256 "
+                     "small nets, 64 resnet).")
+flags.DEFINE_integer("reps", 5, "Interleaved repetitions.")
+flags.DEFINE_integer("latency_reps", 20, "Calls per batch-1 latency.")
+common.define_flags("early_exit")
+flags.adopt_module_key_flags(common)
 
 
 def cascade_costs(model, variables, image_shape):
@@ -76,9 +76,7 @@ def cascade_costs(model, variables, image_shape):
   `mexd.models.costs.exit_costs(..., cascade=True)`: counted with XLA's
   convolution (the architecture's cost, not the CPU Winograd rewrite).
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mexd.models import costs  # pylint: disable=g-import-not-at-top
-  rows = costs.exit_costs(model, variables, image_shape, cascade=True)
+  rows = costs_lib.exit_costs(model, variables, image_shape, cascade=True)
   return np.asarray([r["flops"] for r in rows])
 
 
@@ -89,10 +87,6 @@ def stage_times(model, variables, x, reps):
   the hidden state of the previous one (median of `reps`); the cumulative
   sums give a *time* model of the cascade next to the flop model.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mexd.early_exit import staged  # pylint: disable=g-import-not-at-top
-  from mexd.early_exit import policies  # pylint: disable=g-import-not-at-top
   e = model.apply(variables, method=lambda m: m.num_exits)
   h, per = x, []
   state = policies.init_state(x.shape[0])
@@ -113,7 +107,6 @@ def thresholds_for(scores, p):
 
   scores: [E, N] max-prob scores of the one-pass logits.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
   e, n = scores.shape
   alive = np.ones(n, bool)
   theta = np.full(e, -np.inf, np.float32)
@@ -129,23 +122,19 @@ def thresholds_for(scores, p):
   return theta
 
 
-def bench_model(name, args):
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mexd import models  # pylint: disable=g-import-not-at-top
-  from mexd import xla_options  # pylint: disable=g-import-not-at-top
-  from mexd.early_exit import policies, staged  # pylint: disable=g-import-not-at-top,g-multiple-import
-  shape, classes, n, bsz = _SETTINGS[name]
-  n = args.n or n
-  bsz = min(args.batch or bsz, n)
+def bench_model(name, *, n=None, batch=None, modes=("batch", "pooled"),
+                fractions=(0.25, 0.5, 0.75), reps=5, latency_reps=20):
+  """(rows, batch-1 latency rows, cascade costs) of model `name`."""
+  shape, classes, default_n, bsz = _SETTINGS[name]
+  n = n or default_n
+  bsz = min(batch or bsz, n)
   model = models.get_model(name, num_classes=classes)
   rng = np.random.default_rng(0)
   x = jax.device_put(rng.standard_normal((n,) + shape).astype(np.float32))
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
   costs = cascade_costs(model, variables, shape)
-  modes = args.modes.split(",")
   times = {m: stage_times(model, variables, x if m == "batch" else x[:bsz],
-                          args.reps) for m in modes}
+                          reps) for m in modes}
   e = len(costs)
   full = xla_options.jit(lambda v, x: model.apply(v, x, train=False)[0])
   logits = np.asarray(full(variables, x))
@@ -157,7 +146,7 @@ def bench_model(name, args):
     return jax.block_until_ready(out)
 
   rows = []
-  for p in [float(f) for f in args.fractions.split(",")]:
+  for p in fractions:
     theta = thresholds_for(scores, p)
     pred = staged.StagedPredictor(model, variables, theta, "max_prob")
     for mode in modes:
@@ -167,7 +156,7 @@ def bench_model(name, args):
       res = go(x)  # warm-up: compiles every bucket it needs
       one_pass(b)
       t_full, t_staged = [], []
-      for _ in range(args.reps):
+      for _ in range(reps):
         t_full.append(common.timeit(lambda b=b: one_pass(b)))
         t_staged.append(common.timeit(lambda go=go: go(x)))
       rows.append(_row(name, mode, n, b, p, res, costs, times[mode], t_full,
@@ -177,7 +166,7 @@ def bench_model(name, args):
   x1 = x[:1]
   one = common.timeit(lambda: full(variables, x1), jax.block_until_ready)
   t_one = []
-  for _ in range(args.latency_reps):
+  for _ in range(latency_reps):
     t_one.append(common.timeit(lambda: full(variables, x1),
                                jax.block_until_ready))
   del one
@@ -187,7 +176,7 @@ def bench_model(name, args):
     pred = staged.StagedPredictor(model, variables, theta, "max_prob")
     assert pred.predict_one(x[0])[1] == k
     ts = [common.timeit(lambda: pred.predict_one(x[i % n]))
-          for i in range(args.latency_reps)]
+          for i in range(latency_reps)]
     lat.append({"model": name, "exit": k,
                 "latency_ms": 1e3 * common.median(ts),
                 "cost_frac": float(costs[k] / costs[-1]),
@@ -199,7 +188,6 @@ def bench_model(name, args):
 
 def _row(name, mode, n, b, p, res, costs, times, t_full, t_staged):
   """One table row: exit mix, flop and time-model ideals, wall speed-up."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   e = len(costs)
   exit_frac = np.bincount(res.exits, minlength=e) / n
   ideal = costs[-1] / float(np.mean(costs[res.exits]))
@@ -216,19 +204,23 @@ def _row(name, mode, n, b, p, res, costs, times, t_full, t_staged):
           "buckets": res.padded.tolist()}
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  common.setup_process(args)
+def main(argv):
+  del argv
+  common.setup_from_flags()
   env = common.environment()
   rows, lat, costs = [], [], {}
-  for name in args.models.split(","):
-    r, l, c = bench_model(name, args)
+  for name in FLAGS.models.split(","):
+    r, l, c = bench_model(
+        name, n=FLAGS.n, batch=FLAGS.batch, modes=FLAGS.modes.split(","),
+        fractions=[float(f) for f in FLAGS.fractions.split(",")],
+        reps=FLAGS.reps, latency_reps=FLAGS.latency_reps)
     rows += r
     lat += l
     costs[name] = c
   print(f"\nstaged vs one-pass (load {common.loadavg()})")
   print(common.format_table(rows, (
-      "model", "mode", "batch", "p", "exit_fractions", "ideal_speedup", "wall_speedup",
+      "model", "mode", "batch", "p", "exit_fractions", "ideal_speedup",
+      "wall_speedup",
       "efficiency_pct", "time_model_speedup", "time_model_efficiency_pct",
       "full_ms", "staged_ms"), {
           "ideal_speedup": ".2f", "wall_speedup": ".2f",
@@ -239,12 +231,9 @@ def main(argv=None):
   print(common.format_table(lat, ("model", "exit", "cost_frac", "latency_ms",
                                   "one_pass_ms"), {
       "cost_frac": ".2f", "latency_ms": ".2f", "one_pass_ms": ".2f"}))
-  common.write_json(args.out, {
-      "benchmark": "early_exit_speed", "environment": env,
-      "settings": {k: v for k, v in vars(args).items() if k != "out"},
-      "cascade": costs, "rows": rows, "latency": lat})
-  return rows, lat
+  common.write_record("early_exit_speed", rows, env, cascade=costs,
+                      latency=lat)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -13,16 +13,18 @@
 set -u
 out=${1:?usage: gpu_suite.sh OUTDIR [step|rest|all]}
 part=${2:-all}
-here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."  # The repository root: python -m benchmarks.NAME.
 export PYTHONUNBUFFERED=1
 failed=0
 
-run() {  # run NAME SECONDS ARGS...: python benchmarks/NAME.py ARGS, logged.
+run() {  # run NAME SECONDS ARGS...: python -m benchmarks.NAME ARGS, logged.
   local name=$1 limit=$2
   shift 2
   echo "=== $name ($(date -u +%T), limit ${limit}s): $*"
-  timeout "$limit" python "$here/$name.py" "$@" 2>&1 | tee "$out/$name.log" \
+  timeout "$limit" python -m "benchmarks.$name" "$@" 2>&1 \
+    | tee "$out/$name.log" \
     | grep -v -e "^WARNING" -e "^I0000" -e "^W0000"
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || { echo "=== $name failed: rc=$rc"; failed=$((failed + 1)); }

@@ -9,35 +9,32 @@ rule). Block-structured nets also report the usual analytic backbone MACs
 (all conv taps, convs only) for comparison with papers.
 
 Usage (CPU is fine; compiling every exit prefix takes a few minutes):
-  JAX_PLATFORMS=cpu python benchmarks/model_table.py
-  JAX_PLATFORMS=cpu python benchmarks/model_table.py --models resnet18,vgg16
+  JAX_PLATFORMS=cpu python -m benchmarks.model_table
+  JAX_PLATFORMS=cpu python -m benchmarks.model_table --models resnet18,vgg16
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from mexd import models  # pylint: disable=g-import-not-at-top
-from mexd.models import blocknet  # pylint: disable=g-import-not-at-top
-from mexd.models import costs  # pylint: disable=g-import-not-at-top
-
-_SMALL = {"digits_cnn": 1, "fashion_cnn": 1, "small_cnn": 1}
-_OUT = os.path.join(os.path.dirname(__file__), "results", "model_table.json")
+from benchmarks import common
+from benchmarks import fixtures
+from mexd import models
+from mexd.models import blocknet
+from mexd.models import costs
 
 
-def _setting(name):
-  """(num_classes, input shape (H, W, C)) of a registered model."""
-  hw = models.input_size(name)
-  if name in _SMALL:
-    return 10, (hw, hw, 1)
-  return (1000 if hw == 224 else 100), (hw, hw, 3)
+FLAGS = flags.FLAGS
+flags.DEFINE_string("models", "",
+                    "Comma-separated names (default: all registered).")
+flags.DEFINE_string("out", os.path.join(common.RESULTS, "model_table.json"),
+                    "JSON output path.")
 
 
 def _head_params(name, num_classes, shape):
@@ -55,7 +52,7 @@ def _head_params(name, num_classes, shape):
 
 def measure(name):
   """One row of the table, as a dict."""
-  num_classes, shape = _setting(name)
+  num_classes, shape = fixtures.canonical_setting(name)
   model = models.get_model(name, num_classes=num_classes)
   x = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -70,7 +67,7 @@ def measure(name):
   if isinstance(model, blocknet.BlockNet):
     plan = model.apply({}, method=lambda m: m.plan())
     row["analytic_backbone_macs"] = sum(blocknet.unit_costs(plan))
-  if name not in _SMALL:
+  if name not in fixtures.SMALL_MODELS:
     row["head_params_by_kind"] = _head_params(name, num_classes, shape)
   return row
 
@@ -103,24 +100,20 @@ def to_markdown(rows):
   return "\n".join(lines)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="",
-                      help="comma-separated names (default: all registered)")
-  parser.add_argument("--out", default=_OUT, help="JSON output path")
-  args = parser.parse_args(argv)
-  names = args.models.split(",") if args.models else models.model_names()
+def main(argv):
+  del argv
+  names = FLAGS.models.split(",") if FLAGS.models else models.model_names()
   rows = []
   for name in names:
     rows.append(measure(name))
     print(f"# {name}: {rows[-1]['compile_s']} s", file=sys.stderr, flush=True)
   print(to_markdown(rows))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  with open(FLAGS.out, "w") as f:
     json.dump({"jax": jax.__version__, "backend": jax.default_backend(),
                "rows": rows}, f, indent=1)
-  print(f"wrote {args.out}", file=sys.stderr)
+  print(f"wrote {FLAGS.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

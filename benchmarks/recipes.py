@@ -9,25 +9,27 @@ and evaluation all run as they would on the real data. Teacher-student
 recipes (ERDE, KD) first train their CE teacher, then the student from its
 work directory. Prints a table and writes benchmarks/results/recipes.json.
 
-  python benchmarks/recipes.py                      # every recipe
-  python benchmarks/recipes.py --only=cifar100:eed,cifar10:erde
+  python -m benchmarks.recipes                      # every recipe
+  python -m benchmarks.recipes --only=cifar100:eed,cifar10:erde
 
 The mock data is learnable (class-specific colour patterns), so accuracy
 above chance shows that the pipeline trains; it says nothing about the
 recipes' accuracy on real data.
 """
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import jax
+
+from benchmarks import common
+from mexd import configs
+from mexd import train
+from mexd.data import mock
 
 # (recipe name, config file, config arg, teacher recipe or None).
 RECIPES: List[Tuple[str, str, str, Optional[str]]] = [
@@ -54,10 +56,19 @@ MOCK_VAL = {"cifar100": 200, "cifar10": 40, "tfds:svhn_cropped": 40,
             "tfds:caltech_birds2011": 200, "tfds:stanford_dogs": 120,
             "tfds:imagenet_resized/64x64": 1000}
 
+FLAGS = flags.FLAGS
+flags.DEFINE_string("only", "", "Comma-separated recipe names (default: all).")
+flags.DEFINE_string("workroot", None,
+                    "Run directories (default: a temporary folder).")
+flags.DEFINE_string("data_dir", None,
+                    "Mock data folder (default: under workroot).")
+common.define_flags("recipes", out=os.path.join(common.RESULTS,
+                                                "recipes.json"))
+flags.adopt_module_key_flags(common)
+
 
 def write_mock(data_dir: str, name: str):
   """Writes the mock files of data set `name` into `data_dir` (once)."""
-  from mexd.data import mock  # pylint: disable=g-import-not-at-top
   marker = os.path.join(data_dir, ".done-" + name.replace("/", "_")
                         .replace(":", "_"))
   if os.path.exists(marker):
@@ -83,7 +94,6 @@ def write_mock(data_dir: str, name: str):
 def make_config(config_file: str, arg: str, data_dir: str,
                 teacher_workdir: Optional[str]):
   """The recipe's runlocal config pointed at the mock data."""
-  from mexd import configs  # pylint: disable=g-import-not-at-top
   c = configs.load(config_file, ",".join(a for a in (arg, "runlocal")
                                           if a))
   c.data.data_dir = data_dir
@@ -99,8 +109,6 @@ def make_config(config_file: str, arg: str, data_dir: str,
 def run(recipe: str, workroot: str, data_dir: str,
         done: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
   """Trains one recipe (after its teacher); returns its record."""
-  from mexd import train  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   _, config_file, arg, teacher = next(r for r in RECIPES if r[0] == recipe)
   if teacher and teacher not in done:
     done[teacher] = run(teacher, workroot, data_dir, done)
@@ -123,25 +131,18 @@ def run(recipe: str, workroot: str, data_dir: str,
       "devices": jax.device_count(), "workdir": workdir}
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  common.add_common_flags(parser, "recipes")
-  parser.set_defaults(out=os.path.join(common.RESULTS, "recipes.json"))
-  parser.add_argument("--only", default="",
-                      help="comma-separated recipe names (default: all)")
-  parser.add_argument("--workroot", default=None,
-                      help="run directories (default: a temporary folder)")
-  parser.add_argument("--data_dir", default=None,
-                      help="mock data folder (default: under workroot)")
-  args = parser.parse_args(argv)
-  common.setup_process(args)
+def main(argv):
+  del argv
+  common.setup_from_flags()
   names = [r[0] for r in RECIPES]
-  only = [n for n in args.only.split(",") if n] or names
+  only = [n for n in FLAGS.only.split(",") if n] or names
   unknown = sorted(set(only) - set(names))
   if unknown:
-    parser.error(f"unknown recipes {unknown}; valid: {', '.join(names)}")
-  workroot = args.workroot or tempfile.mkdtemp(prefix="mexd-recipes-")
-  data_dir = args.data_dir or os.path.join(workroot, "data")
+    raise app.UsageError(
+        f"unknown recipes {unknown}; valid: {', '.join(names)}")
+  env = common.environment()
+  workroot = FLAGS.workroot or tempfile.mkdtemp(prefix="mexd-recipes-")
+  data_dir = FLAGS.data_dir or os.path.join(workroot, "data")
   os.makedirs(data_dir, exist_ok=True)
   done: Dict[str, Dict[str, Any]] = {}
   rows = []
@@ -158,10 +159,9 @@ def main(argv=None):
         f"{rec['train_seconds']:6.1f} s train {rec['wall_seconds']:6.1f} s "
         f"wall  test % {acc}" if "error" not in rec else rec["error"]),
           flush=True)
-  common.write_json(args.out, {"rows": rows,
-                               "environment": common.environment()})
+  common.write_record("recipes", rows, env)
   return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

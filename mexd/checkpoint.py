@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mexd import errors
 from mexd import paths
 
 
@@ -78,9 +79,12 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint's bytes do not match the digest saved with it."""
 
 
-class StructureMismatchError(RuntimeError):
+class StructureMismatchError(errors.InputError, RuntimeError):
   """A checkpoint holds arrays of other names, shapes or dtypes than the
-  state this code builds (a code or config change since it was written)."""
+  state this code builds (a code or config change since it was written).
+
+  An InputError (the work directory holds checkpoints of another structure,
+  a user situation) and a RuntimeError, for callers that catch that."""
 
 
 # Top-level state fields that older checkpoints hold and restoring drops:
@@ -222,34 +226,34 @@ def restore_latest(manager: ocp.CheckpointManager,
       from scratch over them).
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  errors, mismatch = [], []
+  failed, mismatch = [], []
   for step in steps:
     try:
       target = (abstract_state(step) if callable(abstract_state)
                 else abstract_state)
       state = restore_step(manager, step, target)
-      if errors:
+      if failed:
         logging.warning("Fell back to checkpoint %d; unreadable: %s", step,
-                        "; ".join(f"step {s}: {m}" for s, m in errors))
-      return Restored(step, state, tuple(errors))
+                        "; ".join(f"step {s}: {m}" for s, m in failed))
+      return Restored(step, state, tuple(failed))
     except StructureMismatchError as e:  # The same for every step.
       mismatch.append(str(e))
-      errors.append((step, f"{type(e).__name__}: {str(e)[:200]}"))
+      failed.append((step, f"{type(e).__name__}: {str(e)[:200]}"))
     except Exception as e:  # pylint: disable=broad-except
       msg = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
       logging.warning("Checkpoint %d unreadable, trying an older one (%s)",
                       step, msg)
-      errors.append((step, msg))
-  if mismatch and len(mismatch) == len(errors):
+      failed.append((step, msg))
+  if mismatch and len(mismatch) == len(failed):
     raise StructureMismatchError(
         f"{manager.directory}: {mismatch[0]}. The files are intact; they "
         "were written by another version of mexd or another model. Restore "
         "them with the code that wrote them, or start afresh in a new work "
         "directory (or with --overwrite, which moves them aside).")
-  if errors:
+  if failed:
     raise RuntimeError(
         f"no readable checkpoint in {manager.directory} ("
-        f"{'; '.join(f'step {s}: {m}' for s, m in errors)}); refusing to "
+        f"{'; '.join(f'step {s}: {m}' for s, m in failed)}); refusing to "
         "train from scratch over it. Move the directory away to start "
         "afresh.")
   return None

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import ml_collections
 
+from mexd import errors
 from mexd import losses
 
 
@@ -60,7 +61,7 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
     1/0/true/false/yes/no/on/off (any case), nothing else.
 
   Anything else (an unknown key, a bare word that matches nothing, a value
-  that does not parse, a key given twice) raises a ValueError that lists the
+  that does not parse, a key given twice) raises an InputError that lists the
   valid arguments.
 
   Args:
@@ -78,7 +79,7 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
     >>> parse_arg("runlocal=ture", runlocal=False)
     Traceback (most recent call last):
     ...
-    ValueError: config argument runlocal='ture' is not a boolean (use true or false); valid arguments: runlocal (bool)
+    mexd.errors.InputError: config argument runlocal='ture' is not a boolean (use true or false); valid arguments: runlocal (bool)
   """
   out = ml_collections.ConfigDict({
       k: d.default if isinstance(d, Choice) else d
@@ -97,34 +98,37 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
                  or (isinstance(d, Choice) and key in d.values)]
       if len(matches) != 1:
         what = "ambiguous" if matches else "unknown"
-        raise ValueError(f"{what} config argument {item!r}; valid arguments: "
-                         f"{valid}")
+        raise errors.InputError(
+            f"{what} config argument {item!r}; valid arguments: "
+            f"{valid}")
       key, value = matches[0], ("true" if isinstance(defaults[matches[0]],
                                                      bool) else key)
     if key not in defaults:
       hint = next((f" (did you mean {k}={key}, or the bare word {key}?)"
                    for k, d in defaults.items()
                    if isinstance(d, Choice) and key in d.values), "")
-      raise ValueError(f"unknown config argument {key!r}{hint}; valid "
-                       f"arguments: {valid}")
+      raise errors.InputError(f"unknown config argument {key!r}{hint}; valid "
+                              f"arguments: {valid}")
     if key in seen:
-      raise ValueError(f"config argument {key!r} given twice in {arg!r}")
+      raise errors.InputError(f"config argument {key!r} given twice in {arg!r}")
     seen.add(key)
     default = defaults[key]
     if isinstance(default, Choice):
       if value not in default.values:
-        raise ValueError(f"config argument {key}={value!r} must be one of "
-                         f"{', '.join(default.values)}")
+        raise errors.InputError(
+            f"config argument {key}={value!r} must be one of "
+            f"{', '.join(default.values)}")
     elif isinstance(default, bool):
       if value.lower() not in _TRUE + _FALSE:
-        raise ValueError(f"config argument {key}={value!r} is not a boolean "
-                         f"(use true or false); valid arguments: {valid}")
+        raise errors.InputError(
+            f"config argument {key}={value!r} is not a boolean "
+            f"(use true or false); valid arguments: {valid}")
       value = value.lower() in _TRUE
     elif isinstance(default, (int, float)):
       try:
         value = type(default)(value)
       except ValueError:
-        raise ValueError(
+        raise errors.InputError(
             f"config argument {key}={value!r} is not a valid "
             f"{type(default).__name__}; valid arguments: {valid}") from None
     out[key] = value
@@ -152,7 +156,7 @@ def finish_recipe(c, a, **runlocal_kw):
   """Applies the shared arguments `epochs` and `runlocal` to recipe `c`."""
   if a.get("epochs"):
     if a.epochs < 0:
-      raise ValueError(f"config argument epochs={a.epochs} must be >= 0")
+      raise errors.InputError(f"config argument epochs={a.epochs} must be >= 0")
     c.num_epochs = a.epochs
   if a.get("runlocal"):
     shrink_for_runlocal(c, **runlocal_kw)
@@ -199,11 +203,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _require(ok: bool, message: str):
   if not ok:
-    raise ValueError(message)
+    raise errors.InputError(message)
 
 
 def validate(config) -> None:
-  """Checks the general fields of a run config; raises one clear ValueError.
+  """Checks the general fields of a run config; raises one clear InputError.
 
   Names (data set, model, method, optimizer, schedule) and the method's
   hyperparameters are checked where they are resolved; this covers types and

@@ -83,8 +83,8 @@ def decode_thresholds(values) -> list:
   for v in values:
     if isinstance(v, str):
       if v not in _NONFINITE:
-        raise ValueError(f"invalid threshold {v!r}: expected a number, "
-                         "\"-inf\" or \"inf\"")
+        raise errors.InputError(f"invalid threshold {v!r}: expected a number, "
+                                "\"-inf\" or \"inf\"")
       v = _NONFINITE[v]
     out.append(float(v))
   return out
@@ -203,15 +203,16 @@ def check_args(*, policies: Sequence[str], budgets: Sequence[float],
   """Checks the arguments of `evaluate_run` before anything is loaded.
 
   Raises:
-    ValueError: naming the argument (its --flag if `cli`) and what it
+    InputError: naming the argument (its --flag if `cli`) and what it
       accepts.
   """
   def name(flag, arg=None):
     return f"--{flag}" if cli else (arg or flag)
 
   def bad(flag, got, arg=None):
-    raise ValueError(f"{name(flag, arg)} must be {_valid(flag, cli)}; got "
-                     f"{got}")
+    raise errors.InputError(
+        f"{name(flag, arg)} must be {_valid(flag, cli)}; got "
+        f"{got}")
 
   if not policies:
     bad("policies", "an empty list")
@@ -221,7 +222,7 @@ def check_args(*, policies: Sequence[str], budgets: Sequence[float],
       try:
         ee.policies.check_policy(p)
       except ValueError as e:
-        raise ValueError(f"{name(flag, arg)}: {e}") from None
+        raise errors.InputError(f"{name(flag, arg)}: {e}") from None
   if not budgets:
     bad("budgets", "an empty list")
   for b in budgets:
@@ -304,8 +305,9 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
   splits, indices = data_lib.load_splits(config.data)
   saved = workdir_lib.load_splits(workdir)
   if not np.array_equal(saved["val"], indices["val"]):
-    raise ValueError(f"the validation split recomputed for {workdir} differs "
-                     "from the one saved in splits.npz; the data set changed")
+    raise errors.InputError(
+        f"the validation split recomputed for {workdir} differs "
+        "from the one saved in splits.npz; the data set changed")
   tr = splits["train"]
   model = predict.build_model(config, tr.num_classes)
   mesh = sharding.make_mesh(1)
@@ -497,8 +499,9 @@ def _budgets(values) -> list:
     try:
       out.append(float(v))
     except ValueError:
-      raise ValueError(f"--budgets must be {_valid('budgets', True)}; got "
-                       f"{v!r} (not a number)") from None
+      raise errors.InputError(
+          f"--budgets must be {_valid('budgets', True)}; got "
+          f"{v!r} (not a number)") from None
   return out
 
 

@@ -40,6 +40,7 @@ from absl import logging
 from etils import epath
 import jax
 
+from mexd import errors
 from mexd import paths
 
 LOCK_NAME = ".lock"
@@ -47,7 +48,7 @@ HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
 
 
-class WorkdirLockedError(ValueError):
+class WorkdirLockedError(errors.InputError):
   """Another live process writes to the work directory."""
 
 

@@ -10,6 +10,8 @@ parameters such as MATE's teacher weights), as in the PyTorch recipes'
 import jax
 import optax
 
+from mexd import errors
+
 
 def make_schedule(cfg, steps_per_epoch: int, num_epochs: int):
   """Learning rate per step.
@@ -28,8 +30,9 @@ def make_schedule(cfg, steps_per_epoch: int, num_epochs: int):
               for m in cfg.milestones}
     main = optax.piecewise_constant_schedule(cfg.lr, bounds)
   else:
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: constant, "
-                     "cosine, step")
+    raise errors.InputError(
+        f"unknown schedule {cfg.schedule!r}; valid: constant, "
+        "cosine, step")
   if warmup:
     return optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
@@ -54,4 +57,4 @@ def make_optimizer(cfg, steps_per_epoch: int, num_epochs: int):
   if cfg.name == "adamw":
     return optax.adamw(lr, weight_decay=cfg.weight_decay,
                        mask=_decay_mask), lr
-  raise ValueError(f"unknown optimizer {cfg.name!r}; valid: sgd, adamw")
+  raise errors.InputError(f"unknown optimizer {cfg.name!r}; valid: sgd, adamw")

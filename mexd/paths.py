@@ -31,6 +31,8 @@ from typing import Any, Dict, Union
 from etils import epath
 import numpy as np
 
+from mexd import errors
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -48,11 +50,9 @@ def path(p: PathLike) -> epath.Path:
   return epath.Path(os.path.abspath(os.fspath(p)) if is_local(p) else p)
 
 
-class WorkdirWriteError(OSError):
-  """The work directory cannot be written (read-only, full, a file...)."""
-
-  def __str__(self):
-    return self.strerror
+# The work directory cannot be written (read-only, full, a file...); defined
+# in the leaf module mexd.errors, which the CLIs' handler also reads.
+WorkdirWriteError = errors.WorkdirWriteError
 
 
 _CAUSES = {

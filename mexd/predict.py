@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mexd import data as data_lib
+from mexd import errors
 from mexd import models
 from mexd import sharding
 from mexd import steps
@@ -54,12 +55,13 @@ class Predictor:
     """[E, N, C] float32 logits of every exit for every image of ds.
 
     Raises:
-      ValueError: ds's images are not of the model's image shape.
+      InputError: ds's images are not of the model's image shape.
     """
     if self.image_shape is not None and ds.image_shape != self.image_shape:
-      raise ValueError(f"images of shape {ds.image_shape} given to a model "
-                       f"trained on {self.image_shape} images; resize them "
-                       "or use a model trained on this size")
+      raise errors.InputError(
+          f"images of shape {ds.image_shape} given to a model "
+          f"trained on {self.image_shape} images; resize them "
+          "or use a model trained on this size")
     out = []
     for batch, valid in pipeline.eval_batches(ds, self.batch_size):
       rows = pipeline.host_slice(self.batch_size)

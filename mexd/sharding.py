@@ -12,14 +12,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mexd import errors
+
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   """A 1-D mesh with axis "data" over the first `num_devices` devices."""
   devices = jax.devices()
   if num_devices is not None:
     if not 0 < num_devices <= len(devices):
-      raise ValueError(f"num_devices={num_devices} but {len(devices)} "
-                       "devices are available")
+      raise errors.InputError(f"num_devices={num_devices} but {len(devices)} "
+                              "devices are available")
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), ("data",))
 
@@ -38,7 +40,7 @@ def check_batch_size(batch_size: int, mesh: Mesh):
   """Raises a clear error unless the global batch splits evenly."""
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(
+    raise errors.InputError(
         f"global batch size {batch_size} is not divisible by the {n} devices "
         f"of the mesh; use a multiple of {n} (e.g. "
         f"{max(n, batch_size - batch_size % n)})")

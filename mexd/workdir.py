@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mexd import checkpoint
+from mexd import errors
 from mexd import paths
 
 # Fields that may differ between a run and its resumption (they change how a
@@ -27,7 +28,7 @@ RESUMABLE_FIELDS = ("progress_bar", "log_every_steps", "eval_every_epochs",
                     "num_devices")
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.InputError):
   """The work directory cannot be used as asked."""
 
 

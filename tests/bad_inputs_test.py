@@ -10,6 +10,7 @@ import pytest
 
 from mexd.configs import digits
 from mexd import predict
+from mexd import sharding
 from mexd import train
 from mexd import workdir as workdir_lib
 from mexd.data import base
@@ -94,7 +95,7 @@ def test_images_of_wrong_dtype_or_shape():
                  10, (0.,), (1.,))
   config = digits.get_config()
   model = predict.build_model(config, 10)
-  pred = predict.Predictor(model, (0.,), (1.,), train.sharding.make_mesh(1),
+  pred = predict.Predictor(model, (0.,), (1.,), sharding.make_mesh(1),
                          8, np.float32, image_shape=(8, 8, 1))
   wrong = base.Dataset(np.zeros((3, 28, 28, 1), np.uint8),
                        np.zeros(3, np.int32), 10, (0.,), (1.,))

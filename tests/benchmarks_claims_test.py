@@ -1,30 +1,17 @@
 """benchmarks/claims.py: paired intervals and claim verdicts by hand."""
 
-import importlib.util
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "benchmarks")
+from benchmarks import claims
 
 # Student t quantiles t_{0.975, dof} from a printed table.
 T975 = {2: 4.303, 4: 2.776, 5: 2.571, 6: 2.447}
 
 
-@pytest.fixture(scope="module")
-def claims():
-  spec = importlib.util.spec_from_file_location(
-      "benchmarks_claims", os.path.join(_DIR, "claims.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_paired_diff_by_hand(claims):
+def test_paired_diff_by_hand():
   a = [[0.80, 0.90], [0.84, 0.90], [0.82, 0.93]]
   b = [[0.78, 0.91], [0.80, 0.90], [0.81, 0.91]]
   out = claims.paired_diff(a, b)
@@ -45,7 +32,7 @@ def test_paired_diff_by_hand(claims):
     claims.paired_diff([[0.1, 0.2]], [[0.1]])
 
 
-def test_welch_difference_of_two_paired_means(claims):
+def test_welch_difference_of_two_paired_means():
   x = {"mean": [0.02], "sd": [0.01], "n": 5}
   y = {"mean": [0.005], "sd": [0.02], "n": 5}
   out = claims.diff_of_diffs(x, y, 0)
@@ -56,7 +43,7 @@ def test_welch_difference_of_two_paired_means(claims):
   assert out["lo"] + half == pytest.approx(0.015)
 
 
-def test_verdicts(claims):
+def test_verdicts():
   r, nr, inc = claims.REPRODUCED, claims.NOT_REPRODUCED, claims.INCONCLUSIVE
   assert claims.verdict(0.001, 0.02, "gain") == r
   assert claims.verdict(-0.02, -0.001, "gain") == nr
@@ -72,7 +59,7 @@ def test_verdicts(claims):
     claims.verdict(0, 1, "better")
 
 
-def test_evaluate_claims_on_constructed_runs(claims):
+def test_evaluate_claims_on_constructed_runs():
   rng = np.random.default_rng(0)
   ce = {s: [0.60 + 0.01 * s, 0.75, 0.80] for s in range(5)}
   # P&L: +3 points at the early exits, -2 at the final, small noise.

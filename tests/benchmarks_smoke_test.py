@@ -1,9 +1,9 @@
 """Smoke test of the speed benchmarks: each script, tiny sizes, one step.
 
-Each script runs as a subprocess (one real CPU device, not the 8 fake ones of
-conftest) and must write its JSON record with the provenance fields and a
-non-empty table. The PyTorch comparison of step_time.py runs only when torch
-(the optional `bench` extra) is installed.
+Each script runs as `python -m benchmarks.<name>` in a subprocess (one real
+CPU device, not the 8 fake ones of conftest) and must write its JSON record
+with the provenance fields and a non-empty table. The PyTorch comparison of
+step_time runs only when torch (the optional `bench` extra) is installed.
 """
 
 import importlib.util
@@ -29,13 +29,16 @@ def _run(script, tmp_path, *args, timeout=300):
       if not f.startswith("--xla_force_host_platform_device_count"))
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"),
-       "--out", str(out), *args], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=timeout)
+      [sys.executable, "-m", f"benchmarks.{script}", "--out", str(out),
+       *args], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=timeout)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
   record = json.loads(out.read_text())
   for k in ENV_KEYS:
     assert k in record["environment"], k
+  assert record["environment"]["command"].startswith(
+      f"python -m benchmarks.{script} --out ")
+  assert record["benchmark"] and "out" not in record["settings"]
   assert record["environment"]["device"]["platform"] == "cpu"
   assert record["rows"]
   return record
@@ -87,7 +90,7 @@ def test_early_exit_speed(tmp_path):
 
 @pytest.mark.slow
 def test_recipes_drill_one_recipe(tmp_path):
-  """benchmarks/recipes.py writes mock CIFAR-10 and runs its CE recipe."""
+  """benchmarks.recipes writes mock SVHN and runs its CE recipe."""
   pytest.importorskip("tensorflow_datasets")
   rec = _run("recipes", tmp_path, "--only", "svhn:ce",
              "--workroot", str(tmp_path / "runs"), timeout=1200)
@@ -119,3 +122,13 @@ def test_batch_norm(tmp_path):
   assert row["flax_ms"] > 0 and row["mexd_ms"] > 0
   # Both implementations computed the same gradients.
   assert row["max_abs_grad_diff"] < 1e-4
+
+
+def test_sharded_step_with_a_teacher(tmp_path):
+  """The fixture's sharded step; erde also runs the frozen teacher."""
+  rows = _run("sharded_step", tmp_path, "--model", "digits_cnn", "--image",
+              "8,8,1", "--classes", "10", "--method", "erde", "--batch", "8",
+              "--devices", "1,2", "--steps", "1")["rows"]
+  assert [r["devices"] for r in rows] == [1, 2]
+  # The same global batch on 1 and 2 devices: the same loss.
+  assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-4)

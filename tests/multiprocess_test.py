@@ -124,7 +124,7 @@ def test_resume_on_another_device_count(tmp_path, capsys, reference, first,
                                         then):
   workdir = str(tmp_path)
   stopped = train.train_and_evaluate(_config(first), workdir, stop_after=1)
-  assert stopped == {"stopped": 1}
+  assert stopped["stopped"] == 1 and stopped["checkpoint_step"] == 1
   res = train.train_and_evaluate(_config(then), workdir)
   assert "Resuming from step 1" in capsys.readouterr().out
   assert res["steps"] == STEPS

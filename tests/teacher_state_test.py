@@ -47,7 +47,7 @@ def test_teacher_outside_state_and_legacy_checkpoint_resumes(tmp_path):
   full, part = tmp_path / "full", tmp_path / "part"
   res_full = train.train_and_evaluate(_student(teacher_dir), str(full))
   assert train.train_and_evaluate(_student(teacher_dir), str(part),
-                                  stop_after=5) == {"stopped": 5}
+                                  stop_after=5)["stopped"] == 5
   names = _saved_names(part, 5)
   assert not any(n.startswith("teacher") for n in names), sorted(names)
   assert {"step", "skipped", "rng"} <= names

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import helpers
+from mexd import data as data_lib
 from mexd import predict
+from mexd import sharding
 from mexd import train
 from mexd import workdir as workdir_lib
 
@@ -34,10 +36,10 @@ def test_digits_end_to_end_and_checkpoint_reload(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert {"loss", "loss/ce", "loss/kd", "temperature"} <= set(rows[0])
   # The checkpoint reloads to identical predictions.
-  splits, _ = train.data_lib.load_splits(config.data)
+  splits, _ = data_lib.load_splits(config.data)
   model = predict.build_model(config, 10)
   variables = workdir_lib.load_variables(str(tmp_path))
-  mesh = train.sharding.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   pred = predict.Predictor(model, splits["train"].mean, splits["train"].std,
                          mesh, 256, np.float32)
   logits = pred.logits(variables, splits["test"])

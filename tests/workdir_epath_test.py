@@ -312,8 +312,7 @@ def test_train_resume_evaluate_overwrite_on_gs(gcs, tmp_path, capsys):
   local = str(tmp_path / "local")
   reference = train.train_and_evaluate(_config(), local)
 
-  assert train.train_and_evaluate(_config(), wd, stop_after=7) == {
-      "stopped": 7}
+  assert train.train_and_evaluate(_config(), wd, stop_after=7)["stopped"] == 7
   assert os.path.isdir(gcs.file("runs/digits/checkpoints/7"))
   res = train.train_and_evaluate(_config(), wd)
   assert f"Resuming from step 7 in {wd}" in capsys.readouterr().out
@@ -377,7 +376,7 @@ def test_train_resume_evaluate_overwrite_on_gs(gcs, tmp_path, capsys):
   with pytest.raises(workdir_lib.WorkdirError, match="fields differ: method"):
     train.train_and_evaluate(other, wd, stop_after=2)
   assert train.train_and_evaluate(other, wd, overwrite=True,
-                                  stop_after=2) == {"stopped": 2}
+                                  stop_after=2)["stopped"] == 2
   (aside,) = [n for n in os.listdir(gcs.file("runs/digits"))
               if n.startswith("replaced-")]
   assert sorted(os.listdir(gcs.file(f"runs/digits/{aside}"))) == [

@@ -100,7 +100,7 @@ def test_full_disk_is_one_message_and_the_checkpoint_stays(tmp_path,
                                                            monkeypatch):
   wd = str(tmp_path / "run")
   config = helpers.digits_config(num_epochs=2, ckpt_every_steps=5)
-  assert train.train_and_evaluate(config, wd, stop_after=5) == {"stopped": 5}
+  assert train.train_and_evaluate(config, wd, stop_after=5)["stopped"] == 5
   real = paths.shutil.disk_usage
   monkeypatch.setattr(paths.shutil, "disk_usage",
                       lambda p: real(p)._replace(free=1000))
@@ -111,8 +111,7 @@ def test_full_disk_is_one_message_and_the_checkpoint_stays(tmp_path,
   assert not os.path.exists(os.path.join(wd, ".lock"))
   monkeypatch.setattr(paths.shutil, "disk_usage", real)
   assert workdir_lib.read_checkpoint(wd).step == 5
-  assert train.train_and_evaluate(config, wd, stop_after=10) == {
-      "stopped": 10}
+  assert train.train_and_evaluate(config, wd, stop_after=10)["stopped"] == 10
 
 
 def test_write_error_names_path_and_cause():

@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import ml_collections
 
+from mexd import errors
+
 _DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -29,11 +31,11 @@ def path(name: str) -> str:
   """File path of the installed recipe `name`.
 
   Raises:
-    ValueError: no such recipe (the message lists the valid names).
+    InputError: no such recipe (the message lists the valid names).
   """
   if name not in names():
-    raise ValueError(f"unknown recipe {name!r}; installed recipes: "
-                     f"{', '.join(names())}")
+    raise errors.InputError(f"unknown recipe {name!r}; installed recipes: "
+                            f"{', '.join(names())}")
   return os.path.join(_DIR, f"{name}.py")
 
 

@@ -23,13 +23,14 @@ for erde/kd), epochs (0: 40), runlocal (1 epoch, batch 16).
 """
 
 from mexd import config_lib
+from mexd import errors
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, **config_lib.recipe_args(
       method="mate", res=64))
   if a.res not in (32, 64):
-    raise ValueError(f"res must be 32 or 64, got {a.res}")
+    raise errors.InputError(f"res must be 32 or 64, got {a.res}")
   c = config_lib.base_config()
   c.data.name = f"tfds:imagenet_resized/{a.res}x{a.res}"
   c.data.val_size = 10000

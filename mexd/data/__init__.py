@@ -3,13 +3,15 @@
 Loaders are registered by name; each returns the official "train" and "test"
 splits as in-memory `base.Dataset`s. Missing data raises one clear error,
 `DataNotFoundError`, that says where the data is expected and how to get it;
-unusable files raise `DataError` (both are ValueErrors). docs/data.md lists
-every name, where its files go and the split settings.
+unusable files raise `DataError` (both are `mexd.errors.InputError`s, so
+ValueErrors). docs/data.md lists every name, where its files go and the split
+settings.
 """
 
 import difflib
 from typing import Callable, Dict
 
+from mexd import errors
 from mexd.data import base
 from mexd.data import cifar
 from mexd.data import digits
@@ -58,21 +60,22 @@ def load_official(name: str, data_dir=None, *, image_size=None
       take it (None: 224 for the variable-size sets, else native size).
   """
   if name not in _LOADERS:
-    raise ValueError(_unknown_name_message(name))
+    raise errors.InputError(_unknown_name_message(name))
   if data_dir is not None and name in BUNDLED:
-    raise ValueError(
+    raise errors.InputError(
         f"config.data.data_dir={data_dir!r} is ignored by {name!r}, which "
         "ships inside scikit-learn; leave data_dir unset (or pick a data set "
         "read from files, e.g. fashion_mnist)")
   if image_size is None:
     return _LOADERS[name](data_dir)
   if not name.startswith("tfds:"):
-    raise ValueError(
+    raise errors.InputError(
         f"config.data.image_size={image_size} applies to the tfds:* sets "
         f"only; {name!r} has one native size (leave image_size unset).")
   if not isinstance(image_size, int) or image_size <= 0:
-    raise ValueError(f"config.data.image_size must be a positive integer, "
-                     f"got {image_size!r}")
+    raise errors.InputError(
+        f"config.data.image_size must be a positive integer, "
+        f"got {image_size!r}")
   return _LOADERS[name](data_dir, image_size=image_size)
 
 

@@ -12,10 +12,12 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mexd import errors
+
 UNLABELED = -1
 
 
-class DataError(ValueError):
+class DataError(errors.InputError):
   """A data set's files are unusable (corrupt, truncated, wrong format).
 
   The message names the file and says how to get a good copy.
@@ -47,14 +49,14 @@ class Dataset:
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.dtype != np.uint8:
-      raise ValueError("images must be uint8 [N, H, W, C], got "
-                       f"{self.images.dtype} {self.images.shape}")
+      raise errors.InputError("images must be uint8 [N, H, W, C], got "
+                              f"{self.images.dtype} {self.images.shape}")
     if self.labels.shape != (self.images.shape[0],):
-      raise ValueError(f"labels {self.labels.shape} do not match "
-                       f"{self.images.shape[0]} images")
+      raise errors.InputError(f"labels {self.labels.shape} do not match "
+                              f"{self.images.shape[0]} images")
     bad = (self.labels >= self.num_classes) | (self.labels < UNLABELED)
     if bad.any():
-      raise ValueError(
+      raise errors.InputError(
           f"{int(bad.sum())} labels outside [0, {self.num_classes}) "
           f"(and -1 for unlabeled), e.g. {self.labels[bad][:3].tolist()}")
 
@@ -135,8 +137,9 @@ def make_splits(train: Dataset, test: Dataset, *, val_size: int,
   """
   n = len(train)
   if not 0 <= val_size < n:
-    raise ValueError(f"val_size must be in [0, {n}) for a train split of "
-                     f"{n} images, got {val_size}")
+    raise errors.InputError(
+        f"val_size must be in [0, {n}) for a train split of "
+        f"{n} images, got {val_size}")
   perm = np.random.default_rng(seed).permutation(n)
   rest, val_idx = perm[:n - val_size], perm[n - val_size:]
   indices = {"val": np.sort(val_idx)}
@@ -144,7 +147,7 @@ def make_splits(train: Dataset, test: Dataset, *, val_size: int,
     indices["train"] = np.sort(rest)
   else:
     if labeled_per_class <= 0:
-      raise ValueError(
+      raise errors.InputError(
           f"labeled_per_class must be positive, got {labeled_per_class}")
     labels = train.labels[rest]
     keep = np.zeros(len(rest), bool)

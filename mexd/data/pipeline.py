@@ -13,6 +13,7 @@ from typing import Dict, Iterator, Optional
 import jax
 import numpy as np
 
+from mexd import errors
 from mexd.data import base
 
 
@@ -21,8 +22,9 @@ class EpochSampler:
 
   def __init__(self, num_examples: int, batch_size: int, seed: int):
     if batch_size > num_examples:
-      raise ValueError(f"batch size {batch_size} exceeds the {num_examples} "
-                       "examples of the split")
+      raise errors.InputError(
+          f"batch size {batch_size} exceeds the {num_examples} "
+          "examples of the split")
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
@@ -45,8 +47,9 @@ def host_slice(global_batch: int) -> slice:
   """This process's rows of a global batch (processes split it evenly)."""
   n = jax.process_count()
   if global_batch % n:
-    raise ValueError(f"global batch {global_batch} is not divisible by the "
-                     f"{n} processes")
+    raise errors.InputError(
+        f"global batch {global_batch} is not divisible by the "
+        f"{n} processes")
   per = global_batch // n
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
@@ -66,11 +69,13 @@ class TrainBatches:
     self.lab_batch = batch_size - unlabeled_batch
     self.unl_batch = unlabeled_batch
     if unlabeled_batch and (unlabeled is None or len(unlabeled) == 0):
-      raise ValueError("unlabeled_batch > 0 needs a non-empty unlabeled pool "
-                       "(set data.labeled_per_class and data.unlabeled_pool)")
+      raise errors.InputError(
+          "unlabeled_batch > 0 needs a non-empty unlabeled pool "
+          "(set data.labeled_per_class and data.unlabeled_pool)")
     if not 0 < self.lab_batch:
-      raise ValueError(f"unlabeled_batch {unlabeled_batch} leaves no labeled "
-                       f"rows in a batch of {batch_size}")
+      raise errors.InputError(
+          f"unlabeled_batch {unlabeled_batch} leaves no labeled "
+          f"rows in a batch of {batch_size}")
     self.lab_sampler = EpochSampler(len(labeled), self.lab_batch, seed)
     self.unl_sampler = (EpochSampler(len(unlabeled), self.unl_batch, seed + 1)
                         if self.unlabeled is not None else None)

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from mexd import errors
 from mexd.early_exit import policies
 
 Array = Any
@@ -64,8 +65,8 @@ def _prepare(logits, policy, exit_costs=None):
   costs = np.asarray(policies.default_costs(logits.shape[0])
                      if exit_costs is None else exit_costs, np.float64)
   if costs.shape != (logits.shape[0],):
-    raise ValueError(f"exit_costs {costs.shape} must have E = "
-                     f"{logits.shape[0]} entries")
+    raise errors.InputError(f"exit_costs {costs.shape} must have E = "
+                            f"{logits.shape[0]} entries")
   return s, np.argmax(logits, -1), costs
 
 
@@ -230,16 +231,17 @@ def calibrate_budget(val_logits: Array, val_labels: Array, budget: float,
     ps: p grid of the geometric family.
 
   Raises:
-    ValueError: B above the full cost exit_costs[-1] or below exit_costs[0].
+    InputError: B above the full cost exit_costs[-1] or below exit_costs[0].
   """
   s, preds, costs = _prepare(val_logits, policy, exit_costs)
   if not costs[0] <= budget <= costs[-1]:
-    raise ValueError(f"budget {budget} is outside [{costs[0]}, {costs[-1]}], "
-                     "the costs of the first and the last exit")
+    raise errors.InputError(
+        f"budget {budget} is outside [{costs[0]}, {costs[-1]}], "
+        "the costs of the first and the last exit")
   bad = set(families) - {"shared", "geometric"}
   if bad or not families:
-    raise ValueError(f"unknown families {sorted(bad)}; valid: shared, "
-                     "geometric")
+    raise errors.InputError(f"unknown families {sorted(bad)}; valid: shared, "
+                            "geometric")
   correct = preds == np.asarray(val_labels)[None]
   best = None  # (accuracy, -cost, family rank, thresholds, family, param)
   if "shared" in families:
@@ -256,8 +258,9 @@ def calibrate_budget(val_logits: Array, val_labels: Array, budget: float,
       if cost <= budget and (best is None or cand[:3] > best[:3]):
         best = cand
   if best is None:
-    raise ValueError(f"no geometric p in {tuple(ps)} meets budget {budget}; "
-                     "add 'shared' to families")
+    raise errors.InputError(
+        f"no geometric p in {tuple(ps)} meets budget {budget}; "
+        "add 'shared' to families")
   return _result(s, correct, costs, best[3], best[4], best[5], budget=budget)
 
 
@@ -288,7 +291,7 @@ def hb_pvalue(risk_hat: float, n: int, alpha: float,
     (Bates et al. 2021, Angelopoulos et al. 2021).
   """
   if not 0.0 < alpha < 1.0:
-    raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    raise errors.InputError(f"alpha must lie in (0, 1), got {alpha}")
   a = min(float(risk_hat), alpha)
   h = (a * np.log(a / alpha) if a > 0 else 0.0) + (1 - a) * np.log(
       (1 - a) / (1 - alpha))
@@ -296,8 +299,8 @@ def hb_pvalue(risk_hat: float, n: int, alpha: float,
   if bound == "hoeffding":
     return min(1.0, p)
   if bound != "hoeffding_bentkus":
-    raise ValueError(f"unknown bound {bound!r}; valid: hoeffding, "
-                     "hoeffding_bentkus")
+    raise errors.InputError(f"unknown bound {bound!r}; valid: hoeffding, "
+                            "hoeffding_bentkus")
   k = int(np.ceil(n * float(risk_hat) - 1e-9))
   return min(1.0, p, float(np.e * binom_cdf(k, n, alpha)))
 
@@ -329,8 +332,8 @@ def ltt_min_n(eps: float, delta: float,
     n_min, checked against `hb_pvalue` itself (no rounding slip).
   """
   if not (0 < eps < 1 and 0 < delta < 1):
-    raise ValueError(f"eps and delta must lie in (0, 1), got eps={eps}, "
-                     f"delta={delta}")
+    raise errors.InputError(f"eps and delta must lie in (0, 1), got eps={eps}, "
+                            f"delta={delta}")
   n = max(1, math.ceil(math.log(delta) / math.log1p(-eps)))
   while n > 1 and hb_pvalue(0.0, n - 1, eps, bound) <= delta:
     n -= 1
@@ -432,7 +435,7 @@ def calibrate_accuracy_drop(val_logits: Array, val_labels: Array,
     exit_costs: [E] costs, only for the reported validation cost.
   """
   if delta is not None and not 0.0 < delta < 1.0:
-    raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    raise errors.InputError(f"delta must lie in (0, 1), got {delta}")
   s, preds, costs = _prepare(val_logits, policy, exit_costs)
   if delta is not None and lambdas is None:
     lambdas = default_lambdas(policy, s.shape[0], np.shape(val_logits)[-1])
@@ -450,7 +453,7 @@ def calibrate_accuracy_drop(val_logits: Array, val_labels: Array,
 def _calibrate_drop(s, preds, correct, costs, eps, delta, bound, lambdas):
   """`calibrate_accuracy_drop` on scores [E, N], argmax and correct [E, N]."""
   if not 0.0 < eps < 1.0:
-    raise ValueError(f"eps must lie in (0, 1), got {eps}")
+    raise errors.InputError(f"eps must lie in (0, 1), got {eps}")
   num_exits, n = s.shape
   disagree = (preds != preds[-1]).astype(np.float64)  # [E, N] loss
   grid, acc, _, loss_sum = _shared_table(s, correct, costs, disagree)

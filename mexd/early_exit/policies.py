@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from mexd import errors
+
 Array = Any
 # (previous exit's argmax [B] int32, previous run length [B] int32).
 State = Tuple[Array, Array]
@@ -97,24 +99,24 @@ def policy_names() -> Sequence[str]:
 
 
 def check_policy(policy: str):
-  """Raises ValueError, listing the valid names, for an unknown policy."""
+  """Raises InputError, listing the valid names, for an unknown policy."""
   if policy not in _SCORE_FNS:
-    raise ValueError(f"unknown exit policy {policy!r}; valid policies: "
-                     f"{', '.join(policy_names())}")
+    raise errors.InputError(f"unknown exit policy {policy!r}; valid policies: "
+                            f"{', '.join(policy_names())}")
 
 
 def get_score_fn(policy: str) -> Callable[[Array], Array]:
   """The per-exit score function `[..., C] -> [...]` of a stateless policy.
 
   Raises:
-    ValueError: unknown name (listing the valid ones), or "patience", which
+    InputError: unknown name (listing the valid ones), or "patience", which
       depends on earlier exits: use `scores` or `score_step`.
   """
   check_policy(policy)
   fn = _SCORE_FNS[policy]
   if fn is None:
-    raise ValueError(f"policy {policy!r} depends on earlier exits; use "
-                     "scores(logits, policy) or score_step(...)")
+    raise errors.InputError(f"policy {policy!r} depends on earlier exits; use "
+                            "scores(logits, policy) or score_step(...)")
   return fn
 
 
@@ -158,8 +160,9 @@ def exit_index(scores_: Array, thresholds: Array) -> Array:
   scores_ = jnp.asarray(scores_)
   thresholds = jnp.asarray(thresholds, scores_.dtype)
   if thresholds.shape != scores_.shape[:1]:
-    raise ValueError(f"thresholds {thresholds.shape} must have one entry per "
-                     f"exit, E = {scores_.shape[0]}")
+    raise errors.InputError(
+        f"thresholds {thresholds.shape} must have one entry per "
+        f"exit, E = {scores_.shape[0]}")
   ok = scores_ >= thresholds[:, None]  # [E, N]
   ok = ok.at[-1].set(True)
   return jnp.argmax(ok, axis=0).astype(jnp.int32)
@@ -179,8 +182,9 @@ def _costs(exit_costs, num_exits: int) -> Array:
   costs = (default_costs(num_exits) if exit_costs is None
            else jnp.asarray(exit_costs, jnp.float32))
   if costs.shape != (num_exits,):
-    raise ValueError(f"exit_costs {costs.shape} must have E = {num_exits} "
-                     "entries")
+    raise errors.InputError(
+        f"exit_costs {costs.shape} must have E = {num_exits} "
+        "entries")
   return costs
 
 

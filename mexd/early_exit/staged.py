@@ -29,7 +29,7 @@ Usage:
       model, variables, mexd.evaluate.load_exit_policy(workdir))
   predictions, exits = pred(uint8_images)
 
-Inputs are checked at the boundary (a ValueError naming the fix): image
+Inputs are checked at the boundary (an InputError naming the fix): image
 rank, shape (against `image_shape`, if known), dtype (uint8 needs mean/std),
 NaN/inf pixels of host (NumPy) images (a jax.Array's values are not read
 back: that would add a host sync), and the thresholds (one per exit, no NaN).
@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mexd import errors
 from mexd import xla_options
 from mexd.data import augment
 from mexd.early_exit import policies
@@ -168,16 +169,18 @@ def _check_thresholds(thresholds, num_exits: int) -> np.ndarray:
   try:
     t = np.asarray(thresholds, np.float32)
   except (TypeError, ValueError):
-    raise ValueError(f"thresholds must be numbers (or -inf / inf), got "
-                     f"{thresholds!r}") from None
+    raise errors.InputError(f"thresholds must be numbers (or -inf / inf), got "
+                            f"{thresholds!r}") from None
   if t.shape != (num_exits,):
-    raise ValueError(f"thresholds of shape {t.shape} given to a model with "
-                     f"E = {num_exits} exits: pass one entry per exit, shape "
-                     f"({num_exits},) (the last is taken as -inf)")
+    raise errors.InputError(
+        f"thresholds of shape {t.shape} given to a model with "
+        f"E = {num_exits} exits: pass one entry per exit, shape "
+        f"({num_exits},) (the last is taken as -inf)")
   if np.isnan(t).any():
-    raise ValueError(f"thresholds {t.tolist()} hold NaN at exit(s) "
-                     f"{np.flatnonzero(np.isnan(t)).tolist()}; a threshold "
-                     "is a number, inf (nobody exits there) or -inf")
+    raise errors.InputError(
+        f"thresholds {t.tolist()} hold NaN at exit(s) "
+        f"{np.flatnonzero(np.isnan(t)).tolist()}; a threshold "
+        "is a number, inf (nobody exits there) or -inf")
   return t
 
 
@@ -186,17 +189,18 @@ def _check_stats(mean, std, image_shape):
   if mean is None and std is None:
     return None, None
   if mean is None or std is None:
-    raise ValueError("pass both mean and std (exit_policy.json's) or "
-                     "neither")
+    raise errors.InputError("pass both mean and std (exit_policy.json's) or "
+                            "neither")
   mean = np.asarray(mean, np.float32).reshape(-1)
   std = np.asarray(std, np.float32).reshape(-1)
   channels = None if image_shape is None else image_shape[-1]
   for name, v in (("mean", mean), ("std", std)):
     if v.size not in (1, channels or v.size) or not np.all(np.isfinite(v)):
-      raise ValueError(f"{name} {v.tolist()} must be finite, one value per "
-                       f"channel (C_in = {channels}) or one in all")
+      raise errors.InputError(
+          f"{name} {v.tolist()} must be finite, one value per "
+          f"channel (C_in = {channels}) or one in all")
   if np.any(std <= 0):
-    raise ValueError(f"std {std.tolist()} must be > 0")
+    raise errors.InputError(f"std {std.tolist()} must be > 0")
   return mean, std
 
 
@@ -227,7 +231,7 @@ class StagedPredictor:
       "image_shape"); images of another shape raise. None: not checked.
 
   Raises:
-    ValueError: thresholds not of shape [E] or NaN; bad mean/std.
+    InputError: thresholds not of shape [E] or NaN; bad mean/std.
   """
 
   def __init__(self, model, variables, thresholds: Sequence[float],
@@ -252,7 +256,7 @@ class StagedPredictor:
     if buckets is not None:
       buckets = sorted(set(int(b) for b in buckets))
       if buckets[0] < 1:
-        raise ValueError(f"buckets must be positive, got {buckets}")
+        raise errors.InputError(f"buckets must be positive, got {buckets}")
     self.buckets = buckets
     self._stage_fns = [_stage_fn(model, k) for k in range(self.num_exits)]
 
@@ -280,7 +284,7 @@ class StagedPredictor:
       [N, H, W, C_in] float images ([1, ...] with `one`).
 
     Raises:
-      ValueError: wrong rank or shape, a batch given as one image, uint8
+      InputError: wrong rank or shape, a batch given as one image, uint8
         without mean/std, another non-float dtype, NaN/inf, or floats
         outside the normalised range (raw pixels passed as floats).
     """
@@ -288,31 +292,35 @@ class StagedPredictor:
     want = ("[H, W, C_in]" if self.image_shape is None
             else str(self.image_shape))
     if one and x.ndim == 4 and x.shape[0] != 1:
-      raise ValueError(f"predict_one answers for one image {want}, got a "
-                       f"batch of {x.shape[0]} (shape {x.shape}); use "
-                       "pred(images) or pred.run(images) for a batch")
+      raise errors.InputError(
+          f"predict_one answers for one image {want}, got a "
+          f"batch of {x.shape[0]} (shape {x.shape}); use "
+          "pred(images) or pred.run(images) for a batch")
     if one and x.ndim == 3:
       x = x[None]
     if x.ndim != 4:
       what = "one image" if one else "images [N, H, W, C_in]"
       hint = ("; for one image use predict_one" if x.ndim == 3 else "")
-      raise ValueError(f"expected {what} of shape {want}, got an array of "
-                       f"shape {x.shape}{hint}")
+      raise errors.InputError(
+          f"expected {what} of shape {want}, got an array of "
+          f"shape {x.shape}{hint}")
     if self.image_shape is not None and x.shape[1:] != self.image_shape:
-      raise ValueError(f"images of shape {x.shape[1:]} given to a model "
-                       f"trained on {self.image_shape} images (H, W, C_in); "
-                       "resize them or use a model trained on this size")
+      raise errors.InputError(
+          f"images of shape {x.shape[1:]} given to a model "
+          f"trained on {self.image_shape} images (H, W, C_in); "
+          "resize them or use a model trained on this size")
     if x.dtype == np.uint8:
       if self.mean is None:
-        raise ValueError(
+        raise errors.InputError(
             "uint8 images (raw pixels) given to a StagedPredictor without "
             "mean/std: pass mean= and std= (exit_policy.json's, or use "
             "StagedPredictor.from_exit_policy) so that it normalises them, "
             "or give float images normalised as (x / 255 - mean) / std")
       return _normalize(x, self.mean, self.std)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError(f"images of dtype {x.dtype}: give raw uint8 pixels "
-                       "(0..255) or normalised float images")
+      raise errors.InputError(
+          f"images of dtype {x.dtype}: give raw uint8 pixels "
+          "(0..255) or normalised float images")
     if isinstance(x, jax.Array):
       # On the device already: reading its values back would cost a host
       # sync per call (on a GPU as much as a stage), so only shape and dtype
@@ -321,15 +329,16 @@ class StagedPredictor:
     bad = ~np.isfinite(x)
     if bad.any():
       first = int(np.argmax(bad.reshape(x.shape[0], -1).any(-1)))
-      raise ValueError(f"images hold {int(bad.sum())} NaN or infinite "
-                       f"values (the first in image {first}); the model's "
-                       "answer for them is meaningless: fix or drop them")
+      raise errors.InputError(
+          f"images hold {int(bad.sum())} NaN or infinite "
+          f"values (the first in image {first}); the model's "
+          "answer for them is meaningless: fix or drop them")
     if self.mean is not None and x.size:
       lo, hi = (float(v) for v in _normalised_range(self.mean, self.std))
       got = float(np.min(x)), float(np.max(x))
       tol = 0.01 * (hi - lo)  # float rounding, bfloat16 inputs
       if got[0] < lo - tol or got[1] > hi + tol:
-        raise ValueError(
+        raise errors.InputError(
             f"float images range over [{got[0]:.4g}, {got[1]:.4g}], outside "
             f"[{lo:.4g}, {hi:.4g}], the range of pixels normalised with this "
             "predictor's mean/std (raw pixels as floats?): pass the uint8 "
@@ -349,8 +358,8 @@ class StagedPredictor:
     for b in self.buckets:
       if b >= n:
         return b
-    raise ValueError(f"{n} examples exceed the largest bucket "
-                     f"{self.buckets[-1]}")
+    raise errors.InputError(f"{n} examples exceed the largest bucket "
+                            f"{self.buckets[-1]}")
 
   def run(self, images: Array) -> StagedResult:
     """Early-exit predictions with per-stage statistics.
@@ -425,9 +434,9 @@ class StagedPredictor:
     """
     bsz, depth = int(batch_size), int(depth)
     if bsz < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+      raise errors.InputError(f"batch_size must be >= 1, got {batch_size}")
     if depth < 1:
-      raise ValueError(f"depth must be >= 1, got {depth}")
+      raise errors.InputError(f"depth must be >= 1, got {depth}")
     images = self.check_images(images)
     n, e = images.shape[0], self.num_exits
     res = StagedResult(np.zeros(n, np.int32), np.zeros(n, np.int32),

@@ -8,6 +8,7 @@ train step calls; adding a method only adds an entry to `_REGISTRY`.
 import inspect
 from typing import Callable, Dict
 
+from mexd import errors
 from mexd.losses import baselines
 from mexd.losses import common
 from mexd.losses import eed
@@ -39,18 +40,18 @@ def get_method(name: str, **hparams) -> Method:
   """Builds the method `name` with its hyperparameters.
 
   Raises:
-    ValueError: unknown method name or hyperparameter (the message lists the
+    InputError: unknown method name or hyperparameter (the message lists the
       valid ones), or an out-of-range hyperparameter.
   """
   if name not in _REGISTRY:
-    raise ValueError(f"unknown method {name!r}; valid names: "
-                     f"{', '.join(method_names())}")
+    raise errors.InputError(f"unknown method {name!r}; valid names: "
+                            f"{', '.join(method_names())}")
   factory = _REGISTRY[name]
   valid = [p for p in inspect.signature(factory).parameters]
   unknown = sorted(set(hparams) - set(valid))
   if unknown:
-    raise ValueError(f"unknown hyperparameter(s) {unknown} for method "
-                     f"{name!r}; valid: {', '.join(valid) or 'none'}")
+    raise errors.InputError(f"unknown hyperparameter(s) {unknown} for method "
+                            f"{name!r}; valid: {', '.join(valid) or 'none'}")
   return factory(**hparams)
 
 

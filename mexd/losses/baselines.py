@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -17,13 +18,13 @@ Array = jax.Array
 
 def _check_range(name: str, value, low: float, high: Optional[float], *,
                  open_low: bool = False):
-  """Raises ValueError unless low <= value <= high (low < value if open)."""
+  """Raises InputError unless low <= value <= high (low < value if open)."""
   ok = value > low if open_low else value >= low
   ok = ok and (high is None or value <= high)
   if not ok:
     lo = "(" if open_low else "["
     hi = f"{high}]" if high is not None else "inf)"
-    raise ValueError(f"{name} must be in {lo}{low}, {hi}, got {value}")
+    raise errors.InputError(f"{name} must be in {lo}{low}, {hi}, got {value}")
 
 
 def weighted_ce(logits: Array, labels: Array, weights: Array):
@@ -58,8 +59,9 @@ def make_ce(*, exit_weights: Optional[Sequence[float]] = None
     w = (jnp.ones(z.shape[0]) if exit_weights is None
          else jnp.asarray(exit_weights, jnp.float32))
     if w.shape != (z.shape[0],):
-      raise ValueError(f"exit_weights has {w.shape[0]} entries but the model "
-                       f"has {z.shape[0]} exits")
+      raise errors.InputError(
+          f"exit_weights has {w.shape[0]} entries but the model "
+          f"has {z.shape[0]} exits")
     return weighted_ce(z, labels, w)
 
   return common.Method(name="ce", loss_fn=loss_fn)
@@ -108,8 +110,9 @@ def sdn_weights(num_exits: int, progress: Array | float,
   if tau_max is None:
     tau_max = sdn_tau_max(num_exits - 1)
   if len(tau_max) != num_exits - 1:
-    raise ValueError(f"SDN tau_max has {len(tau_max)} entries but the model "
-                     f"has {num_exits - 1} internal exits (E - 1)")
+    raise errors.InputError(
+        f"SDN tau_max has {len(tau_max)} entries but the model "
+        f"has {num_exits - 1} internal exits (E - 1)")
   tmax = jnp.asarray(tau_max, jnp.float32).reshape(num_exits - 1)   # [E-1]
   tau = jnp.minimum(tmax, _SDN_TAU_START + progress * tmax)
   return jnp.concatenate([tau, jnp.ones((1,), jnp.float32)])

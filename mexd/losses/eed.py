@@ -20,6 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -54,8 +55,8 @@ def loss_with_targets(logits: Array, labels: Array,
     the per-exit "ce/exit{i}", "mse/exit{i}" or "kd/exit{i}", "feat/exit{i}".
   """
   if output_loss not in OUTPUT_LOSSES:
-    raise ValueError(f"unknown output_loss {output_loss!r}; valid: "
-                     f"{', '.join(OUTPUT_LOSSES)}")
+    raise errors.InputError(f"unknown output_loss {output_loss!r}; valid: "
+                            f"{', '.join(OUTPUT_LOSSES)}")
   ce = common.ce_per_exit(logits, labels)                          # [E]
   terms = {"ce": jnp.sum(ce)}
   weights = {}
@@ -122,12 +123,12 @@ def make_eed(*, output_loss: str = "mse", temperature: float = 3.0,
              ) -> common.Method:
   """EED with the authors' defaults (MSE output loss, feature loss on)."""
   if output_loss not in OUTPUT_LOSSES:
-    raise ValueError(f"unknown output_loss {output_loss!r}; valid: "
-                     f"{', '.join(OUTPUT_LOSSES)}")
+    raise errors.InputError(f"unknown output_loss {output_loss!r}; valid: "
+                            f"{', '.join(OUTPUT_LOSSES)}")
   if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+    raise errors.InputError(f"temperature must be > 0, got {temperature}")
   if not kl_weight >= 0:
-    raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+    raise errors.InputError(f"kl_weight must be >= 0, got {kl_weight}")
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress

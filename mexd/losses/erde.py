@@ -26,6 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -58,7 +59,7 @@ def erde_loss(logits: Array, teacher_logits: Array, labels: Array, *,
     "teacher_err/exit{i}" (teacher error rate on the labeled examples).
 
   Raises:
-    ValueError: teacher and student have different exit counts or shapes.
+    InputError: teacher and student have different exit counts or shapes.
 
   Examples:
     >>> z = jnp.zeros((3, 2, 4)); y = jnp.array([0, 1])
@@ -66,12 +67,13 @@ def erde_loss(logits: Array, teacher_logits: Array, labels: Array, *,
     2.0794
   """
   if teacher_logits.shape[0] != logits.shape[0]:
-    raise ValueError(
+    raise errors.InputError(
         f"ERDE pairs teacher exit i with student exit i, but the teacher has "
         f"{teacher_logits.shape[0]} exits and the student {logits.shape[0]}")
   if teacher_logits.shape != logits.shape:
-    raise ValueError(f"teacher logits {teacher_logits.shape} and student "
-                     f"logits {logits.shape} differ in batch or class size")
+    raise errors.InputError(
+        f"teacher logits {teacher_logits.shape} and student "
+        f"logits {logits.shape} differ in batch or class size")
   logits = logits.astype(jnp.float32)
   teacher = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
   num_classes = logits.shape[-1]
@@ -100,11 +102,11 @@ def erde_loss(logits: Array, teacher_logits: Array, labels: Array, *,
 
 def _check(temperature, alpha, gamma=0.0):
   if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+    raise errors.InputError(f"temperature must be > 0, got {temperature}")
   if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    raise errors.InputError(f"alpha must be in [0, 1], got {alpha}")
   if not gamma >= 0:
-    raise ValueError(f"gamma must be >= 0, got {gamma}")
+    raise errors.InputError(f"gamma must be >= 0, got {gamma}")
 
 
 def _make(name, *, temperature, alpha, gamma, kl_on_wrong):

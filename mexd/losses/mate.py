@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -102,8 +103,8 @@ def mate_loss(logits: Array, labels: Array, ensemble_logits: Array, *,
     raise ValueError(f"MATE ensemble_logits has shape {ensemble_logits.shape}"
                      f" but the model has {num_exits} exits")
   if weights_objective not in WEIGHTS_OBJECTIVES:
-    raise ValueError(f"unknown weights_objective {weights_objective!r}; "
-                     f"valid: {', '.join(WEIGHTS_OBJECTIVES)}")
+    raise errors.InputError(f"unknown weights_objective {weights_objective!r}; "
+                            f"valid: {', '.join(WEIGHTS_OBJECTIVES)}")
   logits = logits.astype(jnp.float32)
   w = teacher_weights(ensemble_logits, restrict_deeper=restrict_deeper)
   # Teachers see the exits only through stop_gradient: A alone is trained.
@@ -147,22 +148,23 @@ def make_mate(*, temperature: float = 3.0,
               weights_objective: str = "ce") -> common.Method:
   """MATE (project reading, docs/methods.md §3.1); A is in `params`."""
   if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+    raise errors.InputError(f"temperature must be > 0, got {temperature}")
   betas = np.atleast_1d(np.asarray(beta, np.float64))
   if betas.ndim != 1 or not np.all((betas >= 0) & (betas <= 1)):
-    raise ValueError(f"beta must be in [0, 1] (or a sequence of such), "
-                     f"got {beta}")
+    raise errors.InputError(f"beta must be in [0, 1] (or a sequence of such), "
+                            f"got {beta}")
   if weights_objective not in WEIGHTS_OBJECTIVES:
-    raise ValueError(f"unknown weights_objective {weights_objective!r}; "
-                     f"valid: {', '.join(WEIGHTS_OBJECTIVES)}")
+    raise errors.InputError(f"unknown weights_objective {weights_objective!r}; "
+                            f"valid: {', '.join(WEIGHTS_OBJECTIVES)}")
   beta = float(betas[0]) if np.ndim(beta) == 0 else tuple(betas.tolist())
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del state, progress
     z = outputs["logits"]
     if not isinstance(beta, float) and len(beta) != z.shape[0]:
-      raise ValueError(f"MATE beta has {len(beta)} entries but the model has "
-                       f"{z.shape[0]} exits")
+      raise errors.InputError(
+          f"MATE beta has {len(beta)} entries but the model has "
+          f"{z.shape[0]} exits")
     return mate_loss(z, labels, params["ensemble_logits"],
                      temperature=jnp.float32(temperature), beta=beta,
                      restrict_deeper=restrict_deeper,

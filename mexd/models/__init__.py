@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict
 import jax.numpy as jnp
 import numpy as np
 
+from mexd import errors
 from mexd.models import base
 from mexd.models import msdnet
 from mexd.models import resnet
@@ -85,14 +86,14 @@ MIN_INPUT_SIZES: Dict[str, int] = {
 
 
 def check_input_size(name: str, image_shape) -> None:
-  """Raises ValueError if model `name` is not meant for `image_shape`
+  """Raises InputError if model `name` is not meant for `image_shape`
   (H, W, C) images, naming both sizes (before anything is compiled)."""
   low = MIN_INPUT_SIZES.get(name, max(1, input_size(name) // 2))
   h, w = int(image_shape[0]), int(image_shape[1])
   if min(h, w) < low:
     small = ", ".join(n for n in model_names()
                       if MIN_INPUT_SIZES.get(n, input_size(n) // 2) <= min(h, w))
-    raise ValueError(
+    raise errors.InputError(
         f"model {name!r} is built for {input_size(name)}x{input_size(name)} "
         f"images and needs at least {low}x{low}; the data's images are "
         f"{h}x{w}: pick a model for this size ({small}) or a data set with "
@@ -128,8 +129,8 @@ def model_keywords(name: str) -> Dict[str, Any]:
     (32, 64, 128)
   """
   if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; valid names: "
-                     f"{', '.join(model_names())}")
+    raise errors.InputError(f"unknown model {name!r}; valid names: "
+                            f"{', '.join(model_names())}")
   ctor, fixed = _REGISTRY[name], {}
   while isinstance(ctor, functools.partial):
     fixed = {**ctor.keywords, **fixed}
@@ -162,7 +163,7 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
     **kwargs: architecture options of that model.
 
   Raises:
-    ValueError: unknown name or dtype, listing the valid ones; num_classes
+    InputError: unknown name or dtype, listing the valid ones; num_classes
       < 1.
     TypeError: num_classes is not an integer.
   """
@@ -171,15 +172,16 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
     raise TypeError(f"num_classes must be an integer (C, the number of "
                     f"classes), got {num_classes!r}")
   if num_classes < 1:
-    raise ValueError(f"num_classes must be >= 1 (C, the number of classes "
-                     f"of every exit), got {num_classes}")
+    raise errors.InputError(
+        f"num_classes must be >= 1 (C, the number of classes "
+        f"of every exit), got {num_classes}")
   if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; valid names: "
-                     f"{', '.join(model_names())}")
+    raise errors.InputError(f"unknown model {name!r}; valid names: "
+                            f"{', '.join(model_names())}")
   if isinstance(dtype, str):
     if dtype not in _DTYPES:
-      raise ValueError(f"unknown dtype {dtype!r}; valid: "
-                       f"{', '.join(sorted(_DTYPES))}")
+      raise errors.InputError(f"unknown dtype {dtype!r}; valid: "
+                              f"{', '.join(sorted(_DTYPES))}")
     dtype = _DTYPES[dtype]
   # Lists (e.g. widths read back from a run's config.json) become tuples:
   # Flax modules must be hashable (jit caches and staged inference key on

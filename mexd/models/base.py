@@ -27,6 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
+
 Array = Any
 
 
@@ -70,8 +72,9 @@ class MultiExitModel(nn.Module):
       (logits [E, B, num_classes] float32, {"features": [E, B, D] float32}).
     """
     if self.num_exits == 0:
-      raise ValueError(f"{type(self).__name__} has zero exits; a multi-exit "
-                       "model needs at least one stage with an exit head")
+      raise errors.InputError(
+          f"{type(self).__name__} has zero exits; a multi-exit "
+          "model needs at least one stage with an exit head")
     h = images
     logits, feats = [], []
     for k in range(self.num_exits):

@@ -24,6 +24,7 @@ from typing import Any, List, NamedTuple, Sequence, Tuple, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.models import base
 from mexd.models import heads
 
@@ -72,14 +73,15 @@ def place_exits(costs: Sequence[int], stage_ends: Sequence[int],
     exits: "stages" or a tuple of increasing fractions in (0, 1).
 
   Raises:
-    ValueError: bad option, or two fractions that fall on the same unit or on
+    InputError: bad option, or two fractions that fall on the same unit or on
       the last unit.
   """
   n = len(costs)
   if isinstance(exits, str):
     if exits != "stages":
-      raise ValueError(f"exits must be 'stages' or a tuple of fractions, got "
-                       f"{exits!r}")
+      raise errors.InputError(
+          f"exits must be 'stages' or a tuple of fractions, got "
+          f"{exits!r}")
     return tuple(stage_ends)
   total, cum, idx = float(sum(costs)), 0, []
   cums = []
@@ -88,10 +90,10 @@ def place_exits(costs: Sequence[int], stage_ends: Sequence[int],
     cums.append(cum)
   for f in exits:
     if not 0.0 < f < 1.0:
-      raise ValueError(f"exit fractions must lie in (0, 1), got {exits}")
+      raise errors.InputError(f"exit fractions must lie in (0, 1), got {exits}")
     i = next(i for i, c in enumerate(cums) if c >= f * total)
     if (idx and i <= idx[-1]) or i == n - 1:
-      raise ValueError(
+      raise errors.InputError(
           f"exit fractions {tuple(exits)} put two exits after unit {i} (or an "
           f"early exit after the last unit); cumulative costs per unit: "
           f"{[round(c / total, 3) for c in cums]}")
@@ -139,8 +141,8 @@ class BlockNet(base.MultiExitModel):
 
   def setup(self):
     if self.head not in heads.HEAD_KINDS:
-      raise ValueError(f"unknown head kind {self.head!r}; valid: "
-                       f"{', '.join(heads.HEAD_KINDS)}")
+      raise errors.InputError(f"unknown head kind {self.head!r}; valid: "
+                              f"{', '.join(heads.HEAD_KINDS)}")
     p = self.plan()
     ends = place_exits(unit_costs(p), p.stage_ends, self.exits)
     # Downsampling level (product of strides) after each unit.

@@ -58,6 +58,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mexd import errors
+
 Array = jax.Array
 IMPLS = ("auto", "xla", "winograd", "im2col", "matmul")
 
@@ -68,7 +70,8 @@ _OVERRIDE = contextvars.ContextVar("mexd_conv_impl", default=None)
 def use_impl(impl: str):
   """Within the block, layers with impl="auto" use `impl` ("xla"/"winograd")."""
   if impl not in IMPLS:
-    raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(IMPLS)}")
+    raise errors.InputError(
+        f"unknown conv impl {impl!r}; valid: {', '.join(IMPLS)}")
   token = _OVERRIDE.set(impl)
   try:
     yield
@@ -264,7 +267,8 @@ def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
   ungrouped 3x3 convolutions with padding 1 and stride 1 or 2.
   """
   if impl not in IMPLS:
-    raise ValueError(f"unknown conv impl {impl!r}; valid: {', '.join(IMPLS)}")
+    raise errors.InputError(
+        f"unknown conv impl {impl!r}; valid: {', '.join(IMPLS)}")
   if impl == "auto":
     impl = _OVERRIDE.get() or "auto"
   eligible = _winograd_ok(kernel_size, strides, padding, groups, dtype)
@@ -275,7 +279,7 @@ def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
                     tuple(map(tuple, padding)) == ((0, 0), (0, 0))))
   if impl == "matmul":
     if not pointwise:
-      raise ValueError(
+      raise errors.InputError(
           "impl='matmul' needs a float32 1x1 conv without padding or groups"
           f"; got kernel {tuple(kernel_size)}, padding {padding}, groups "
           f"{groups}, {dtype}")
@@ -283,14 +287,14 @@ def choose_impl(impl: str, *, kernel_size, strides, padding, groups,
   strided = _im2col_ok(kernel_size, strides, padding, groups, dtype, cin)
   if impl == "im2col":
     if not strided:
-      raise ValueError(
+      raise errors.InputError(
           "impl='im2col' needs a float32 3x3 conv with stride 2, padding 1 "
           f"and no groups; got kernel {tuple(kernel_size)}, strides "
           f"{tuple(strides)}, padding {padding}, groups {groups}, {dtype}")
     return "im2col"
   if impl == "winograd":
     if not eligible:
-      raise ValueError(
+      raise errors.InputError(
           "impl='winograd' needs a float32 3x3 conv with stride 1, padding 1 "
           f"and no groups; got kernel {tuple(kernel_size)}, strides "
           f"{tuple(strides)}, padding {padding}, groups {groups}, {dtype}")

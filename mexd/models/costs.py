@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mexd import errors
 from mexd.models import conv as conv_lib
 
 
@@ -92,8 +93,9 @@ def exit_costs(model, variables: Any, input_shape: Sequence[int],
   if len(shape) == 3:
     shape = (1,) + shape
   if len(shape) != 4 or shape[0] != 1:
-    raise ValueError(f"input_shape must be (H, W, C) or (1, H, W, C), got "
-                     f"{tuple(input_shape)}")
+    raise errors.InputError(
+        f"input_shape must be (H, W, C) or (1, H, W, C), got "
+        f"{tuple(input_shape)}")
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           variables)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)

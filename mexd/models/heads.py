@@ -40,6 +40,7 @@ from typing import Any, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.models import conv as conv_lib
 from mexd.models import norm as norm_lib
 
@@ -278,7 +279,7 @@ def make_head(kind: str, *, num_classes: int, features: int,
     dtype: compute dtype.
 
   Raises:
-    ValueError: unknown kind, listing the valid ones.
+    InputError: unknown kind, listing the valid ones.
   """
   if kind in ("byot", "byot_sep"):
     return ByotHead(num_classes, tuple(steps), kind == "byot_sep",
@@ -288,5 +289,5 @@ def make_head(kind: str, *, num_classes: int, features: int,
   if kind in ("erde", "erde_window"):
     return ErdeHead(num_classes, features, window=kind == "erde_window",
                     dtype=dtype, parent=None)
-  raise ValueError(f"unknown head kind {kind!r}; valid: "
-                   f"{', '.join(HEAD_KINDS)}")
+  raise errors.InputError(f"unknown head kind {kind!r}; valid: "
+                          f"{', '.join(HEAD_KINDS)}")

@@ -40,6 +40,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.models import base
 from mexd.models import blocknet
 from mexd.models import heads
@@ -73,8 +74,9 @@ def msd_layout(n_scales: int, n_exits: int, nlayers_to_exit: int,
     "transition"}; block_ends[k] is the last column of stage k.
   """
   if len(nplanes_mulv) != n_scales:
-    raise ValueError(f"nplanes_mulv {tuple(nplanes_mulv)} needs n_scales = "
-                     f"{n_scales} entries")
+    raise errors.InputError(
+        f"nplanes_mulv {tuple(nplanes_mulv)} needs n_scales = "
+        f"{n_scales} entries")
   n_layers = 1 + nlayers_to_exit + nlayers_between_exits * (n_exits - 1)
   if prune == "min":
     nprune = [max(0, min(n_scales, n_layers) - (n_layers - i))
@@ -87,7 +89,8 @@ def msd_layout(n_scales: int, n_exits: int, nlayers_to_exit: int,
   elif prune is None:
     nprune, reduce_at = [0] * n_layers, []
   else:
-    raise ValueError(f"prune must be 'min', 'max' or None, got {prune!r}")
+    raise errors.InputError(
+        f"prune must be 'min', 'max' or None, got {prune!r}")
   if not plane_reduction:
     reduce_at = []
   hs, drops, kinds, col_of_layer = [nplanes_init], [0], ["first"], [0]
@@ -226,8 +229,9 @@ class MSDNet(base.MultiExitModel):
     kinds_ok = ("msdnet",) + tuple(k for k in heads.HEAD_KINDS
                                    if not k.startswith("byot"))
     if self.head not in kinds_ok:
-      raise ValueError(f"unknown head kind {self.head!r} for MSDNet; valid: "
-                       f"{', '.join(kinds_ok)}")
+      raise errors.InputError(
+          f"unknown head kind {self.head!r} for MSDNet; valid: "
+          f"{', '.join(kinds_ok)}")
     planes, kinds, ends = self.layout()
     blocks, exit_heads, start = [], [], 0
     for e in ends:

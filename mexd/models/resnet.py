@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.models import blocknet
 from mexd.models import heads
 
@@ -244,7 +245,7 @@ class WideResNet(blocknet.BlockNet):
   @nn.nowrap
   def plan(self) -> blocknet.Plan:
     if (self.depth - 4) % 6:
-      raise ValueError(f"WRN depth must be 6n + 4, got {self.depth}")
+      raise errors.InputError(f"WRN depth must be 6n + 4, got {self.depth}")
     n = (self.depth - 4) // 6
     units = [ConvStem(3, 16, dtype=self.dtype, parent=None)]
     ends, width = [], 16

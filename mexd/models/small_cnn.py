@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.models import base
 from mexd.models import conv
 from mexd.models import heads
@@ -79,15 +80,16 @@ class SmallCNN(base.MultiExitModel):
 
   def setup(self):
     if len(self.widths) != len(self.strides):
-      raise ValueError(
+      raise errors.InputError(
           f"widths {tuple(self.widths)} and strides {tuple(self.strides)} "
           "must have the same length (one entry per exit).")
     if self.head not in HEADS:
-      raise ValueError(f"unknown small_cnn head {self.head!r}; valid: "
-                       f"{', '.join(HEADS)}")
+      raise errors.InputError(f"unknown small_cnn head {self.head!r}; valid: "
+                              f"{', '.join(HEADS)}")
     if self.downsample not in DOWNSAMPLE:
-      raise ValueError(f"unknown small_cnn downsample {self.downsample!r}; "
-                       f"valid: {', '.join(DOWNSAMPLE)}")
+      raise errors.InputError(
+          f"unknown small_cnn downsample {self.downsample!r}; "
+          f"valid: {', '.join(DOWNSAMPLE)}")
     self.blocks = [
         ConvStage(w, self.convs_per_stage, s,
                   maxpool=self.downsample == "maxpool", dtype=self.dtype)

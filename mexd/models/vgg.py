@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mexd import errors
 from mexd.models import blocknet
 from mexd.models import heads
 
@@ -75,8 +76,9 @@ class VGG(blocknet.BlockNet):
   @nn.nowrap
   def plan(self) -> blocknet.Plan:
     if self.config is None and self.depth not in CONFIGS:
-      raise ValueError(f"VGG depth must be one of {sorted(CONFIGS)}, got "
-                       f"{self.depth}")
+      raise errors.InputError(
+          f"VGG depth must be one of {sorted(CONFIGS)}, got "
+          f"{self.depth}")
     config = CONFIGS[self.depth] if self.config is None else self.config
     units, ends, width = [], [], 3
     for block in config:
