@@ -92,7 +92,7 @@ def stage_times(model, variables, x, reps):
   state = policies.init_state(x.shape[0])
   index, theta = jax.device_put(np.int32(0)), jax.device_put(np.float32(2.0))
   for k in range(e):
-    fn = staged._stage_fn(model, k)  # pylint: disable=protected-access
+    fn = staged.shared_programs(model)(k)
     args = (variables, h, state, index, theta)
     out = jax.block_until_ready(fn(*args))
     ts = [common.timeit(lambda: fn(*args), jax.block_until_ready)

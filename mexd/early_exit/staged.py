@@ -32,10 +32,11 @@ Usage:
 Inputs are checked at the boundary (an InputError naming the fix): image
 rank, shape (against `image_shape`, if known), dtype (uint8 needs mean/std),
 NaN/inf pixels of host (NumPy) images (a jax.Array's values are not read
-back: that would add a host sync), and the thresholds (one per exit, no NaN).
+back: that would add a host sync), and the thresholds (one per exit, no NaN);
+see `mexd.early_exit.inputs`. The pooled (throughput) schedule of
+`run_pooled` is `mexd.early_exit.pooled`.
 """
 
-import collections
 import functools
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -45,8 +46,10 @@ import numpy as np
 
 from mexd import errors
 from mexd import xla_options
-from mexd.data import augment
+from mexd.early_exit import batching
+from mexd.early_exit import inputs
 from mexd.early_exit import policies
+from mexd.early_exit import pooled
 
 Array = Any
 
@@ -74,45 +77,6 @@ def default_bucket(n: int) -> int:
   return three_quarters if p >= 4 and three_quarters >= n else p
 
 
-def _pad_index(idx: np.ndarray, size: int) -> np.ndarray:
-  """Pads row indices [n] to [size] by repeating the last one."""
-  return np.concatenate([idx, np.full(size - idx.size, idx[-1])]).astype(
-      np.int32)
-
-
-@jax.jit
-def _gather(tree, idx):
-  """Rows `idx` [b] of every leaf of `tree` (leading batch dim)."""
-  return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def _append(pool, tree, idx, offset):
-  """Writes rows `idx` [b] of `tree` into `pool` [2B, ...] at row `offset`.
-
-  offset + b <= 2B always holds (pools hold < B rows before an append and
-  b <= B), so `dynamic_update_slice` never clamps.
-  """
-  rows = _gather(tree, idx)
-  return jax.tree.map(
-      lambda p, r: jax.lax.dynamic_update_slice_in_dim(p, r, offset, axis=0),
-      pool, rows)
-
-
-@functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
-def _take(pool, b: int):
-  """(first b rows of pool, pool with them moved to the back)."""
-  head = jax.tree.map(lambda a: a[:b], pool)
-  return head, jax.tree.map(lambda a: jnp.roll(a, -b, axis=0), pool)
-
-
-# uint8 [N, H, W, C] -> (x / 255 - mean) / std float32, as in training.
-_normalize = jax.jit(augment.normalize)
-
-# (model, stage, bucket) of every stage trace, i.e. every XLA compilation.
-_TRACES: List[Tuple[Any, int, int]] = []
-
-
 def _all_scores(logits, state):
   """Every policy's score of one exit.
 
@@ -128,22 +92,39 @@ def _all_scores(logits, state):
   return jnp.stack([score for score, _ in out]), out[0][1]
 
 
-@functools.lru_cache(maxsize=None)
-def _stage_fn(model, k: int):
-  """Jitted stage k of `model` with its exit test, shared by all predictors.
+class StagePrograms:
+  """The jitted stages of one model, each with its exit test.
 
   One program per stage and bucket does the stage, the exit's score and the
   threshold test, so a stage costs one dispatch and one small transfer back.
   Policy (an index) and threshold are arguments, not constants: predictors
-  of one model that differ in policy or thresholds compile no stage anew
-  (every policy's score is computed, a few reductions over [b, C], and the
-  chosen one selected; no conditional, which XLA:GPU would sync on).
+  of one model that differ in policy or thresholds share these programs and
+  compile no stage anew (every policy's score is computed, a few reductions
+  over [b, C], and the chosen one selected; no conditional, which XLA:GPU
+  would sync on).
+
+  Attributes:
+    model: the `MultiExitModel`.
+    traces: (stage, bucket) of every stage trace so far, i.e. every XLA
+      compilation.
   """
 
-  def fn(variables, h, state, policy_index, theta):
+  def __init__(self, model):
+    self.model = model
+    self.traces: List[Tuple[int, int]] = []
+    self._fns = {}
+
+  def __call__(self, k: int):
+    """The jitted stage k: fn(variables, h, state, policy_index, theta)."""
+    if k not in self._fns:
+      self._fns[k] = xla_options.jit(functools.partial(self._stage, k))
+    return self._fns[k]
+
+  def _stage(self, k, variables, h, state, policy_index, theta):
     """Stage k on a padded batch.
 
     Args:
+      k: the stage (static).
       variables: the model variables.
       h: [b, ...] hidden state of stage k - 1 (images for k = 0).
       state: policy state (previous argmax [b], run length [b]).
@@ -154,59 +135,24 @@ def _stage_fn(model, k: int):
       (h_k [b, ...], new policy state, code [b] int32): code = the argmax
       of exit k where the row leaves here, else -1 - argmax.
     """
-    _TRACES.append((model, k, jax.tree.leaves(h)[0].shape[0]))
-    h, logits, _ = model.apply(variables, k, h, train=False, method="stage")
+    self.traces.append((k, jax.tree.leaves(h)[0].shape[0]))
+    h, logits, _ = self.model.apply(variables, k, h, train=False,
+                                    method="stage")
     all_scores, state = _all_scores(logits, state)
     done = all_scores[policy_index] >= theta
     code = jnp.where(done, state[0], -1 - state[0])
     return h, state, code
 
-  return xla_options.jit(fn)
 
+@functools.lru_cache(maxsize=4)
+def shared_programs(model) -> StagePrograms:
+  """The stage programs that predictors of `model` share by default.
 
-def _check_thresholds(thresholds, num_exits: int) -> np.ndarray:
-  """thresholds -> float32 [E]; raises on another shape or a NaN."""
-  try:
-    t = np.asarray(thresholds, np.float32)
-  except (TypeError, ValueError):
-    raise errors.InputError(f"thresholds must be numbers (or -inf / inf), got "
-                            f"{thresholds!r}") from None
-  if t.shape != (num_exits,):
-    raise errors.InputError(
-        f"thresholds of shape {t.shape} given to a model with "
-        f"E = {num_exits} exits: pass one entry per exit, shape "
-        f"({num_exits},) (the last is taken as -inf)")
-  if np.isnan(t).any():
-    raise errors.InputError(
-        f"thresholds {t.tolist()} hold NaN at exit(s) "
-        f"{np.flatnonzero(np.isnan(t)).tolist()}; a threshold "
-        "is a number, inf (nobody exits there) or -inf")
-  return t
-
-
-def _check_stats(mean, std, image_shape):
-  """(mean [C], std [C]) float32, or (None, None); raises if unusable."""
-  if mean is None and std is None:
-    return None, None
-  if mean is None or std is None:
-    raise errors.InputError("pass both mean and std (exit_policy.json's) or "
-                            "neither")
-  mean = np.asarray(mean, np.float32).reshape(-1)
-  std = np.asarray(std, np.float32).reshape(-1)
-  channels = None if image_shape is None else image_shape[-1]
-  for name, v in (("mean", mean), ("std", std)):
-    if v.size not in (1, channels or v.size) or not np.all(np.isfinite(v)):
-      raise errors.InputError(
-          f"{name} {v.tolist()} must be finite, one value per "
-          f"channel (C_in = {channels}) or one in all")
-  if np.any(std <= 0):
-    raise errors.InputError(f"std {std.tolist()} must be > 0")
-  return mean, std
-
-
-def _normalised_range(mean, std):
-  """(lowest, highest) value of a normalised pixel over every channel."""
-  return np.min((0.0 - mean) / std), np.max((1.0 - mean) / std)
+  Kept for the 4 models used last (a bounded cache: the programs hold their
+  model and compiled code alive). Pass `programs=` to a StagedPredictor to
+  own them instead.
+  """
+  return StagePrograms(model)
 
 
 class StagedPredictor:
@@ -229,6 +175,8 @@ class StagedPredictor:
       given: float images only, normalised by the caller (uint8 raises).
     image_shape: (H, W, C_in) the model was trained on (exit_policy.json's
       "image_shape"); images of another shape raise. None: not checked.
+    programs: the jitted stages (`StagePrograms(model)`); default the ones
+      shared by every predictor of this model (`shared_programs`).
 
   Raises:
     InputError: thresholds not of shape [E] or NaN; bad mean/std.
@@ -239,16 +187,17 @@ class StagedPredictor:
                buckets: Optional[Sequence[int]] = None, *,
                mean: Optional[Sequence[float]] = None,
                std: Optional[Sequence[float]] = None,
-               image_shape: Optional[Sequence[int]] = None):
+               image_shape: Optional[Sequence[int]] = None,
+               programs: Optional[StagePrograms] = None):
     policies.check_policy(policy)
     self.model = model
     self.variables = variables
     self.policy = policy
     self.num_exits = model.bind(variables).num_exits
-    self.thresholds = _check_thresholds(thresholds, self.num_exits)
+    self.thresholds = inputs.check_thresholds(thresholds, self.num_exits)
     self.image_shape = (None if image_shape is None
                         else tuple(int(d) for d in image_shape))
-    self.mean, self.std = _check_stats(mean, std, self.image_shape)
+    self.mean, self.std = inputs.check_stats(mean, std, self.image_shape)
     # Device scalars, put once: a call passes them without a transfer.
     self._theta = [jax.device_put(t) for t in thresholds]
     self._policy_index = jax.device_put(
@@ -258,7 +207,10 @@ class StagedPredictor:
       if buckets[0] < 1:
         raise errors.InputError(f"buckets must be positive, got {buckets}")
     self.buckets = buckets
-    self._stage_fns = [_stage_fn(model, k) for k in range(self.num_exits)]
+    self.programs = programs or shared_programs(model)
+    if self.programs.model != model:
+      raise ValueError("programs= were built for another model")
+    self._stage_fns = [self.programs(k) for k in range(self.num_exits)]
 
   @classmethod
   def from_exit_policy(cls, model, variables, exit_policy: Dict[str, Any],
@@ -288,68 +240,13 @@ class StagedPredictor:
         without mean/std, another non-float dtype, NaN/inf, or floats
         outside the normalised range (raw pixels passed as floats).
     """
-    x = images if isinstance(images, jax.Array) else np.asarray(images)
-    want = ("[H, W, C_in]" if self.image_shape is None
-            else str(self.image_shape))
-    if one and x.ndim == 4 and x.shape[0] != 1:
-      raise errors.InputError(
-          f"predict_one answers for one image {want}, got a "
-          f"batch of {x.shape[0]} (shape {x.shape}); use "
-          "pred(images) or pred.run(images) for a batch")
-    if one and x.ndim == 3:
-      x = x[None]
-    if x.ndim != 4:
-      what = "one image" if one else "images [N, H, W, C_in]"
-      hint = ("; for one image use predict_one" if x.ndim == 3 else "")
-      raise errors.InputError(
-          f"expected {what} of shape {want}, got an array of "
-          f"shape {x.shape}{hint}")
-    if self.image_shape is not None and x.shape[1:] != self.image_shape:
-      raise errors.InputError(
-          f"images of shape {x.shape[1:]} given to a model "
-          f"trained on {self.image_shape} images (H, W, C_in); "
-          "resize them or use a model trained on this size")
-    if x.dtype == np.uint8:
-      if self.mean is None:
-        raise errors.InputError(
-            "uint8 images (raw pixels) given to a StagedPredictor without "
-            "mean/std: pass mean= and std= (exit_policy.json's, or use "
-            "StagedPredictor.from_exit_policy) so that it normalises them, "
-            "or give float images normalised as (x / 255 - mean) / std")
-      return _normalize(x, self.mean, self.std)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise errors.InputError(
-          f"images of dtype {x.dtype}: give raw uint8 pixels "
-          "(0..255) or normalised float images")
-    if isinstance(x, jax.Array):
-      # On the device already: reading its values back would cost a host
-      # sync per call (on a GPU as much as a stage), so only shape and dtype
-      # are checked.
-      return x
-    bad = ~np.isfinite(x)
-    if bad.any():
-      first = int(np.argmax(bad.reshape(x.shape[0], -1).any(-1)))
-      raise errors.InputError(
-          f"images hold {int(bad.sum())} NaN or infinite "
-          f"values (the first in image {first}); the model's "
-          "answer for them is meaningless: fix or drop them")
-    if self.mean is not None and x.size:
-      lo, hi = (float(v) for v in _normalised_range(self.mean, self.std))
-      got = float(np.min(x)), float(np.max(x))
-      tol = 0.01 * (hi - lo)  # float rounding, bfloat16 inputs
-      if got[0] < lo - tol or got[1] > hi + tol:
-        raise errors.InputError(
-            f"float images range over [{got[0]:.4g}, {got[1]:.4g}], outside "
-            f"[{lo:.4g}, {hi:.4g}], the range of pixels normalised with this "
-            "predictor's mean/std (raw pixels as floats?): pass the uint8 "
-            "pixels (the predictor normalises them) or normalise as "
-            "(x / 255 - mean) / std")
-    return x
+    return inputs.check_images(images, image_shape=self.image_shape,
+                               mean=self.mean, std=self.std, one=one)
 
   @property
   def compiled(self) -> List[Tuple[int, int]]:
-    """(stage, bucket) of every stage compilation of this model so far."""
-    return [(k, b) for m, k, b in _TRACES if m == self.model]
+    """(stage, bucket) of every stage compilation of its programs so far."""
+    return list(self.programs.traces)
 
   def bucket(self, n: int) -> int:
     """The padded batch size for n live examples."""
@@ -441,65 +338,7 @@ class StagedPredictor:
     n, e = images.shape[0], self.num_exits
     res = StagedResult(np.zeros(n, np.int32), np.zeros(n, np.int32),
                        np.zeros(e, np.int64), np.zeros(e, np.int64))
-    # Pool k (k >= 1): device tree (h, state) with 2B rows, of which the
-    # first count[k] are live; their original rows are pos[k].
-    pools: List[Any] = [None] * e
-    count = [0] * e
-    pos: List[np.ndarray] = [np.zeros(0, np.int64)] * e
-    in_flight = collections.deque()  # dispatched stage calls, oldest first
-
-    def launch(k, h, state, rows):
-      b = jax.tree.leaves(h)[0].shape[0]
-      res.reached[k] += rows.size
-      res.padded[k] = max(res.padded[k], b)
-      in_flight.append((k, rows) + self._stage_launch(k, h, state))
-
-    def finish():
-      """Waits for the oldest call; pools its survivors; launches full pools."""
-      k, rows, h, state, code = in_flight.popleft()
-      keep = self._stage_finish(k, code, rows, res)
-      if keep.size == 0:
-        return
-      nxt = k + 1
-      b = jax.tree.leaves(h)[0].shape[0]
-      if pools[nxt] is None:  # 2B rows shaped like this stage's output
-        pools[nxt] = jax.tree.map(
-            lambda a: jnp.zeros((2 * bsz,) + a.shape[1:], a.dtype),
-            (h, state))
-      pools[nxt] = _append(pools[nxt], (h, state),
-                           jnp.asarray(_pad_index(keep, b)), count[nxt])
-      count[nxt] += keep.size
-      pos[nxt] = np.concatenate([pos[nxt], rows[keep]])
-      while count[nxt] >= bsz:  # a full batch is waiting: launch it
-        (h_b, s_b), pools[nxt] = _take(pools[nxt], bsz)
-        taken, pos[nxt] = pos[nxt][:bsz], pos[nxt][bsz:]
-        count[nxt] -= bsz
-        launch(nxt, h_b, s_b, taken)
-
-    def launch_partial(k, tree, rows):
-      """Stage k on the first rows.size < B rows of tree, padded to a bucket."""
-      b = min(self.bucket(rows.size), bsz)
-      h, state = _gather(tree, jnp.asarray(_pad_index(np.arange(rows.size),
-                                                      b)))
-      launch(k, h, state, rows)
-
-    for i in range(0, n, bsz):
-      x = images[i:i + bsz]
-      rows = np.arange(i, i + x.shape[0])
-      if x.shape[0] == bsz:
-        launch(0, x, policies.init_state(bsz), rows)
-      else:
-        launch_partial(0, (x, policies.init_state(x.shape[0])), rows)
-      while len(in_flight) >= depth:
-        finish()
-    for k in range(1, e):  # flush: partial pools, in stage order
-      while in_flight:  # pool k is final once every earlier call finished
-        finish()
-      if count[k]:
-        rows, pos[k], count[k] = pos[k], np.zeros(0, np.int64), 0
-        launch_partial(k, pools[k], rows)
-    while in_flight:
-      finish()
+    pooled.PooledRun(self, res, bsz, depth).run(images)
     return res
 
   def _run_chunk(self, images: Array, bucket=None) -> StagedResult:
@@ -510,7 +349,7 @@ class StagedPredictor:
                        np.zeros(e, np.int64), np.zeros(e, np.int64))
     pos = np.arange(n)  # original row of each live example
     b = bucket(n)
-    h = images if b == n else _gather(images, _pad_index(pos, b))
+    h = images if b == n else batching.gather(images, batching.pad_index(pos, b))
     state = policies.init_state(b)
     for k in range(e):
       out.reached[k], out.padded[k] = pos.size, b
@@ -521,20 +360,20 @@ class StagedPredictor:
       pos = pos[keep]
       if keep.size < n_live:  # someone left: compact the survivors
         b = bucket(keep.size)
-        h, state = _gather((h, state), jnp.asarray(_pad_index(keep, b)))
+        h, state = batching.gather((h, state), jnp.asarray(batching.pad_index(keep, b)))
     return out
 
-  def _stage_launch(self, k: int, h, state):
+  def launch_stage(self, k: int, h, state):
     """Dispatches stage k with its exit test; nothing waits.
 
     Returns:
       (h_k [b, ...], policy state [b], code [b] on the device; see
-      `_stage_fn`).
+      `StagePrograms._stage`).
     """
     return self._stage_fns[k](self.variables, h, state, self._policy_index,
                               self._theta[k])
 
-  def _stage_finish(self, k: int, code, rows: np.ndarray,
+  def finish_stage(self, k: int, code, rows: np.ndarray,
                     out: StagedResult) -> np.ndarray:
     """Waits for a stage's code and records the rows that leave at exit k.
 
@@ -562,5 +401,5 @@ class StagedPredictor:
       (h_k [b, ...], policy state [b], indices into the first rows.size
       rows of those that go on).
     """
-    h, state, code = self._stage_launch(k, h, state)
-    return h, state, self._stage_finish(k, code, rows, out)
+    h, state, code = self.launch_stage(k, h, state)
+    return h, state, self.finish_stage(k, code, rows, out)
