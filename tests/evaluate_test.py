@@ -12,6 +12,7 @@ import pytest
 from mexd.configs import digits
 from mexd import data as data_lib
 from mexd import evaluate
+from mexd import exit_policy
 from mexd import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +94,7 @@ def test_thresholds_encoding():
   # A non-finite float outside the thresholds raises instead of writing
   # Infinity (allow_nan=False).
   with pytest.raises(ValueError):
-    evaluate._write_strict_json("/nonexistent/x.json", {"speedup": np.inf})
+    exit_policy.write_strict_json("/nonexistent/x.json", {"speedup": np.inf})
 
 
 def test_thresholds_do_not_depend_on_test_labels(run_dir, monkeypatch):
