@@ -6,10 +6,11 @@ activation shapes (default: the 20 of the CIFAR ResNet-18 backbone at batch
 5 x [64, 4, 4, 512]), each followed by a ReLU and a dot with a fixed
 cotangent; the program returns the gradients of x, scale and bias.
 "flax" differentiates `flax.linen.BatchNorm` by autodiff, "mexd" runs
-`mexd.models.norm.batch_norm_train` (`jax.custom_vjp`, one two-output
+`mexd.cpu.norm.batch_norm_train` (`jax.custom_vjp`, one two-output
 reduction and one elementwise pass backward). Both are compiled with mexd's
-XLA options (`mexd.xla_options.jit`) and timed interleaved; the table gives
-median ms per call and the median of the per-repetition ratio flax / mexd.
+XLA options (`mexd.cpu.xla_options.jit`) and timed interleaved; the table
+gives median ms per call and the median of the per-repetition ratio
+flax / mexd.
 
 Usage:
   python -m benchmarks.batch_norm
@@ -24,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from mexd import xla_options
-from mexd.models import norm
+from mexd.cpu import norm
+from mexd.cpu import xla_options
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 64, "Batch size.")

@@ -30,7 +30,8 @@ import jaxlib
 import numpy as np
 
 from benchmarks import env as env_lib
-from mexd import hostmem
+from mexd import cpu
+from mexd.cpu import hostmem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -52,7 +53,8 @@ def define_flags(name: str, out: Optional[str] = None):
       "XLA:CPU's thread pool); default: all cores.")
   flags.DEFINE_enum(
       "malloc", "tuned", ["tuned", "default"], "Host malloc: tuned "
-      "(mexd.hostmem.tune_malloc, as mexd.train does) or glibc's defaults.")
+      "(mexd.cpu.hostmem.tune_malloc, as mexd.train does) or glibc's "
+      "defaults.")
 
 
 def setup_from_flags(**kwargs):
@@ -131,6 +133,13 @@ def torch_version() -> Optional[str]:
     return None
 
 
+def _malloc() -> str:
+  """"tuned" where `setup_from_flags` applies tune_malloc (--malloc tuned,
+  `mexd.cpu.hostmem.enabled()`), else "default"."""
+  asked = FLAGS.malloc if "malloc" in FLAGS and FLAGS.is_parsed() else "tuned"
+  return "tuned" if asked == "tuned" and hostmem.enabled() else "default"
+
+
 def environment() -> Dict[str, Any]:
   """Provenance of a measurement (goes into every JSON record)."""
   return {
@@ -144,7 +153,8 @@ def environment() -> Dict[str, Any]:
       "flax": flax.__version__,
       "torch": torch_version(),
       "device": device_description(),
-      "malloc": "tuned" if hostmem.enabled() else "default",
+      "malloc": _malloc(),
+      "cpu_fast": cpu.enabled(),
       "loadavg_start": loadavg(),
   }
 

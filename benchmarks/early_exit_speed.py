@@ -44,7 +44,7 @@ import numpy as np
 
 from benchmarks import common
 from mexd import models
-from mexd import xla_options
+from mexd.cpu import xla_options
 from mexd.early_exit import policies
 from mexd.early_exit import staged
 from mexd.models import costs as costs_lib
@@ -73,8 +73,8 @@ flags.adopt_module_key_flags(common)
 def cascade_costs(model, variables, image_shape):
   """[E] XLA flops of stages 0..k (blocks and heads 0..k) for one image.
 
-  `mexd.models.costs.exit_costs(..., cascade=True)`: counted with XLA's
-  convolution (the architecture's cost, not the CPU Winograd rewrite).
+  `mexd.models.costs.exit_costs(..., cascade=True)`: counted with stock
+  flax layers (XLA's convolutions, the architecture's cost).
   """
   rows = costs_lib.exit_costs(model, variables, image_shape, cascade=True)
   return np.asarray([r["flops"] for r in rows])

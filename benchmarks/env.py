@@ -6,7 +6,7 @@ backend: at the first device query or computation, not at `import jax`. So
 the scripts import jax and mexd at the top as usual, parse their flags
 (absl), and call `setup(...)` first thing in `main`, before anything touches
 a device. `setup` raises if a backend exists already, because the flags would
-then be ignored without a word. It applies `mexd.hostmem.tune_malloc()`
+then be ignored without a word. It applies `mexd.cpu.hostmem.tune_malloc()`
 first, as `python -m mexd.train` does: before XLA's threads allocate.
 """
 
@@ -17,7 +17,7 @@ from typing import Optional
 # reads the same module for the same check.
 from jax._src import xla_bridge
 
-from mexd import hostmem
+from mexd.cpu import hostmem
 
 
 def append_xla_flags(extra: str):
@@ -34,9 +34,8 @@ def setup(*, threads: Optional[int] = None, malloc: str = "tuned",
     threads: 1 turns XLA:CPU's thread pool off (XLA:CPU has no flag for "N
       intra-op threads"; it sizes one Eigen pool to the cores); other values
       leave XLA alone (the scripts pass them to PyTorch).
-    malloc: "tuned" applies `mexd.hostmem.tune_malloc()`; "default" keeps
-      glibc's settings and sets MEXD_TUNE_MALLOC=0 so that child processes
-      keep them too.
+    malloc: "tuned" applies `mexd.cpu.hostmem.tune_malloc()` (a no-op with
+      MEXD_CPU_FAST=0 or off glibc); "default" keeps glibc's settings.
     xla_flags: appended to XLA_FLAGS.
     host_devices: fake CPU devices (--xla_force_host_platform_device_count)
       unless XLA_FLAGS sets a count already.
@@ -47,9 +46,8 @@ def setup(*, threads: Optional[int] = None, malloc: str = "tuned",
   if xla_bridge.backends_are_initialized():
     raise RuntimeError("benchmarks.env.setup must run before the first JAX "
                        "computation or device query (XLA_FLAGS is read then)")
-  if malloc == "default":
-    os.environ["MEXD_TUNE_MALLOC"] = "0"
-  hostmem.tune_malloc()
+  if malloc == "tuned":
+    hostmem.tune_malloc()
   if threads == 1:
     append_xla_flags("--xla_cpu_multi_thread_eigen=false "
                      "intra_op_parallelism_threads=1")

@@ -2,7 +2,7 @@
 
 `make_step(model, method_name, ...)` returns a `StepSetup`: the method, the
 optimizer, the state from `mexd.state.create` and the real
-`mexd.steps.make_train_step` under `mexd.xla_options.jit` with the state
+`mexd.steps.make_train_step` under `mexd.cpu.xla_options.jit` with the state
 donated, plus a random uint8 batch. step_time, overhead, memory,
 sharded_step and input_pipeline all time this step.
 
@@ -19,7 +19,7 @@ third argument of the step); a benchmark calls `setup.step(state, batch)`.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,26 +32,23 @@ from mexd import optim
 from mexd import sharding
 from mexd import state as state_lib
 from mexd import steps
-from mexd import xla_options
-from mexd.models import resnet
+from mexd.cpu import xla_options
 
 Batch = Dict[str, Any]  # {"image": uint8 [B, H, W, C], "label": int32 [B]}
 
 
 def resnet18(width: int = 64, num_classes: int = 100, dtype: str = "float32",
-             stages: Sequence[int] = (2, 2, 2, 2)):
+             stages: Sequence[int] = (2, 2, 2, 2), layers=None):
   """The CIFAR multi-exit ResNet-18 with BYOT heads at base width `width`.
 
   Stage widths (w, 2w, 4w, 8w), stem w; w = 64 with stages (2, 2, 2, 2) is
   the registry's "resnet18". `stages` (1, 1, 1, 1) gives a ResNet-10 (tests).
+  `layers`: a `mexd.models.layers.Layers`; None: those of the backend.
   """
-  if width == 64 and tuple(stages) == (2, 2, 2, 2):
-    return models.get_model("resnet18", num_classes=num_classes, head="byot",
-                            dtype=dtype)
-  return resnet.ResNet(stage_sizes=tuple(stages),
-                       widths=tuple(width * m for m in (1, 2, 4, 8)),
-                       stem_width=width, num_classes=num_classes,
-                       head="byot", dtype=jnp.dtype(dtype))
+  return models.get_model(
+      "resnet18", num_classes=num_classes, head="byot", dtype=dtype,
+      layers=layers, stage_sizes=tuple(stages),
+      widths=tuple(width * m for m in (1, 2, 4, 8)), stem_width=width)
 
 
 SMALL_MODELS = ("digits_cnn", "fashion_cnn", "small_cnn")
@@ -144,8 +141,8 @@ def make_step(model, method_name: str, *, batch: int,
               num_classes: int = 100, dtype: str = "float32",
               crop_pad: int = 4, schedule: str = "constant",
               steps_per_epoch: int = 390, num_epochs: int = 200,
-              abstract: bool = False, mesh=None, seed: int = 0
-              ) -> StepSetup:
+              abstract: bool = False, mesh=None, seed: int = 0,
+              xla_cpu_options: Optional[bool] = None) -> StepSetup:
   """Builds the benchmark step of `model` trained with `method_name`.
 
   Args:
@@ -164,6 +161,8 @@ def make_step(model, method_name: str, *, batch: int,
       batch sharded along its data axis, the step jitted with those
       shardings. None: the default device, no shardings.
     seed: the state's init key and the random batch's seed.
+    xla_cpu_options: compile with `mexd.cpu.xla_options` (False: plain
+      `jax.jit`); None follows the switch (`mexd.cpu.enabled()`).
 
   Returns:
     the `StepSetup`.
@@ -199,7 +198,8 @@ def make_step(model, method_name: str, *, batch: int,
       std=(0.25,) * channels, crop_pad=crop_pad, flip=True,
       steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
       teacher_model=teacher_model, dtype=jnp.dtype(dtype))
-  jitted = xla_options.jit(step_fn, donate_argnums=(0,), **shardings)
+  jitted = xla_options.jit(step_fn, enabled=xla_cpu_options,
+                           donate_argnums=(0,), **shardings)
   return StepSetup(model=model, method=method, tx=tx, state=state,
                    batch=data, jitted=jitted, teacher=teacher)
 

@@ -11,8 +11,12 @@ teacher, T^2 scaling) and optionally EED; the optimizer SGD 0.1 + Nesterov
 already on the device; PyTorch runs `torch_reference.TrainStep` eagerly.
 
 `--xla_options mexd,none` times the step compiled with mexd's XLA:CPU options
-(`mexd.xla_options`: convolutions on XLA's own emitter, not YNNPACK; the
-default, as in `mexd.train`) and with XLA's defaults.
+(`mexd.cpu.xla_options`: convolutions on XLA's own emitter, not YNNPACK; the
+default, as in `mexd.train`) and with XLA's defaults. `--layers cpu,flax`
+times the network built with mexd's CPU layers (`mexd.cpu.conv.Conv`,
+`mexd.cpu.norm.BatchNorm`) and with stock flax layers
+(`mexd.models.layers`); the default, "backend", takes the backend's choice
+(`layers.for_backend()`: cpu on CPU, flax elsewhere).
 
 Both are timed in the same process, interleaved: each repetition runs
 `--steps` steps of JAX then `--steps` steps of PyTorch; the tables give the
@@ -26,10 +30,9 @@ Usage (one command, CPU or GPU; torch optional):
   python -m benchmarks.step_time         # batch 128 width 16; batch 64 width 64
   python -m benchmarks.step_time --batch 64 --width 64 --methods pl,eed
   python -m benchmarks.step_time --no_torch            # JAX only
+  python -m benchmarks.step_time --layers flax,cpu --xla_options none,mexd
   python -m benchmarks.step_time --xla_flags="--xla_cpu_use_thunk_runtime=false"
 """
-
-import os
 
 from absl import app
 from absl import flags
@@ -38,7 +41,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import fixtures
-from mexd.models import conv
+from mexd.models import layers as layers_lib
 
 try:  # PyTorch is the optional `bench` extra.
   import torch
@@ -57,12 +60,12 @@ flags.DEFINE_integer("steps", 1, "Steps per repetition.")
 flags.DEFINE_integer("reps", 15, "Interleaved repetitions.")
 flags.DEFINE_integer("warmup", 1, "Untimed steps.")
 flags.DEFINE_string("dtype", "float32", "mexd compute dtype.")
-flags.DEFINE_string("conv_impl", "auto", "Comma list of mexd.models.conv "
-                    "impls to time: auto (Winograd 3x3 on CPU), xla, "
-                    "winograd.")
+flags.DEFINE_string("layers", "backend", "Comma list of the network's "
+                    "layers (mexd.models.layers): backend (the backend's "
+                    "choice), cpu (mexd.cpu's conv and batch norm), flax.")
 flags.DEFINE_string("xla_options", "mexd", "Comma list: mexd "
-                    "(mexd.xla_options, the default: XLA:CPU convolutions "
-                    "without YNNPACK), none (XLA defaults).")
+                    "(mexd.cpu.xla_options, the default: XLA:CPU "
+                    "convolutions without YNNPACK), none (XLA defaults).")
 flags.DEFINE_string("matmul_precision", None, "jax_default_matmul_precision "
                     "(e.g. bfloat16, float32).")
 flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS.")
@@ -77,7 +80,7 @@ flags.DEFINE_string("stages", "2,2,2,2",
 common.define_flags("step_time")
 flags.adopt_module_key_flags(common)
 
-_COLUMNS = ("method", "batch", "width", "xla_options", "conv_impl",
+_COLUMNS = ("method", "batch", "width", "xla_options", "layers",
             "jax_img_s", "torch_img_s",
             "ratio_jax_over_torch", "jax_ms_step", "torch_ms_step", "loadavg")
 _FMT = {"jax_img_s": ".1f", "torch_img_s": ".1f", "ratio_jax_over_torch":
@@ -107,23 +110,36 @@ def make_torch_step(*, width, batch, method_name, num_classes, channels_last,
   return step, images, labels
 
 
-def run_config(*, width, batch, method_name, conv_impl="auto", steps=1,
-               reps=15, warmup=1, num_classes=100, dtype="float32",
-               stages=(2, 2, 2, 2), torch_opts=None):
-  """Times one (width, batch, method, conv impl) configuration; a row.
+def _layers(name: str) -> str:
+  """A --layers entry as "cpu" or "flax" ("backend": the backend's choice)."""
+  if name == "backend":
+    return "cpu" if layers_lib.for_backend() == layers_lib.CPU else "flax"
+  layers_lib.by_name(name)  # Raises for an unknown name.
+  return name
 
-  `torch_opts` ({"channels_last", "device"}) adds the interleaved PyTorch
-  step; None times JAX alone.
+
+def run_config(*, width, batch, method_name, layers="backend",
+               xla_options=True, steps=1, reps=15, warmup=1,
+               num_classes=100, dtype="float32", stages=(2, 2, 2, 2),
+               torch_opts=None):
+  """Times one (width, batch, method, layers, XLA options) setting; a row.
+
+  `layers` is a --layers entry (the row names the choice it resolves to,
+  "cpu" or "flax"); `xla_options` False compiles with plain
+  `jax.jit`. `torch_opts` ({"channels_last", "device"}) adds the
+  interleaved PyTorch step; None times JAX alone.
   """
+  layers = _layers(layers)
   setup = fixtures.make_step(
-      fixtures.resnet18(width, num_classes, dtype, stages), method_name,
-      batch=batch, num_classes=num_classes, dtype=dtype)
+      fixtures.resnet18(width, num_classes, dtype, stages,
+                        layers_lib.by_name(layers)),
+      method_name, batch=batch, num_classes=num_classes, dtype=dtype,
+      xla_cpu_options=None if xla_options else False)
   data = setup.batch
   compiled = [None]
 
   def compile_():
-    with conv.use_impl(conv_impl):  # Chosen while the step is traced.
-      compiled[0] = setup.compile()[0]
+    compiled[0] = setup.compile()[0]
 
   t_compile = common.timeit(compile_)
   step = compiled[0]
@@ -169,7 +185,7 @@ def run_config(*, width, batch, method_name, conv_impl="auto", steps=1,
       ratios.append(tt / tj)  # = (img/s JAX) / (img/s torch)
   n = steps * batch
   row = {"method": method_name, "batch": batch, "width": width,
-         "conv_impl": conv_impl,
+         "layers": layers, "xla_options": "mexd" if xla_options else "none",
          "params_jax": fixtures.param_count(setup),
          "params_torch": n_params_torch,
          "jax_img_s": n / common.median(t_jax),
@@ -219,15 +235,13 @@ def main(argv):
   for method_name in FLAGS.methods.split(","):
     for batch, width in _configs():
       for opts in FLAGS.xla_options.split(","):
-        # Read by mexd.xla_options when the step is jitted.
-        os.environ["MEXD_XLA_OPTIONS"] = "0" if opts == "none" else "1"
-        for impl in FLAGS.conv_impl.split(","):
+        for name in FLAGS.layers.split(","):
           row = run_config(
               width=width, batch=batch, method_name=method_name,
-              conv_impl=impl, steps=FLAGS.steps, reps=FLAGS.reps,
-              warmup=FLAGS.warmup, num_classes=FLAGS.num_classes,
-              dtype=FLAGS.dtype, stages=stages, torch_opts=torch_opts)
-          row["xla_options"] = opts
+              layers=name, xla_options=opts != "none", steps=FLAGS.steps,
+              reps=FLAGS.reps, warmup=FLAGS.warmup,
+              num_classes=FLAGS.num_classes, dtype=FLAGS.dtype,
+              stages=stages, torch_opts=torch_opts)
           rows.append(row)
           print(common.format_table([row], _COLUMNS, _FMT), flush=True)
   print()

@@ -42,7 +42,7 @@ from absl import flags
 from absl import logging
 
 from mexd import errors
-from mexd import hostmem
+from mexd.cpu import hostmem
 # The library API, importable from here as well.
 from mexd.evaluation import (_VALID, _valid, check_args,  # pylint: disable=unused-import
                              checkpoint_report, evaluate_run, format_summary)
@@ -108,7 +108,7 @@ def _budgets(values) -> list:
 def main(argv):
   if len(argv) > 1:
     _usage_error(f"unexpected arguments {argv[1:]}; flags are --name=value")
-  hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.hostmem.
+  hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.cpu.hostmem.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   with errors.one_line_errors("mexd.evaluate"):

@@ -25,7 +25,7 @@ from mexd import predict
 from mexd import sharding
 from mexd import steps
 from mexd import workdir as workdir_lib
-from mexd import xla_options
+from mexd.cpu import xla_options
 from mexd.models import costs as costs_lib
 
 

@@ -22,7 +22,7 @@ from mexd import errors
 from mexd import models
 from mexd import sharding
 from mexd import steps
-from mexd import xla_options
+from mexd.cpu import xla_options
 from mexd.data import pipeline
 
 

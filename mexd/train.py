@@ -24,10 +24,10 @@ from ml_collections import config_flags
 
 from mexd import configs
 from mexd import errors
-from mexd import hostmem
 from mexd import models
 from mexd import preemption
 from mexd import trainer
+from mexd.cpu import hostmem
 
 _DEFAULT_CONFIG = configs.path("digits")
 
@@ -79,7 +79,7 @@ def _process_env():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.hostmem.
+  hostmem.tune_malloc()  # Before XLA's threads allocate; see mexd.cpu.hostmem.
   if FLAGS.multiprocess or os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(**_process_env())
   if not FLAGS["verbosity"].present:

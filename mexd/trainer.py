@@ -50,7 +50,7 @@ from mexd import sharding
 from mexd import state as state_lib
 from mexd import steps
 from mexd import workdir as workdir_lib
-from mexd import xla_options
+from mexd.cpu import xla_options
 from mexd.data import pipeline
 
 

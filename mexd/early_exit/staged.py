@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mexd import errors
-from mexd import xla_options
+from mexd.cpu import xla_options
 from mexd.early_exit import batching
 from mexd.early_exit import inputs
 from mexd.early_exit import policies

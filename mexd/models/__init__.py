@@ -3,17 +3,21 @@
 Every model is a `mexd.models.base.MultiExitModel`: `apply(vars, images,
 train=...)` returns `(logits [E, B, C], {"features": [E, B, D]})`, and
 `apply(vars, k, h, train=..., method="stage")` runs stage k alone.
+
+`get_model` also picks the model's convolution and batch-norm classes for the
+backend, once, when it builds the model (`mexd.models.layers.for_backend`).
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
 from mexd import errors
 from mexd.models import base
+from mexd.models import layers as layers_lib
 from mexd.models import msdnet
 from mexd.models import resnet
 from mexd.models import small_cnn
@@ -21,7 +25,8 @@ from mexd.models import vgg
 
 MultiExitModel = base.MultiExitModel
 
-# name -> constructor(num_classes=..., dtype=..., **kwargs). One line a model.
+# name -> constructor(num_classes=..., dtype=..., conv=..., norm=...,
+# **kwargs). One line a model.
 _REGISTRY: Dict[str, Callable[..., base.MultiExitModel]] = {
     "small_cnn": small_cnn.SmallCNN,
     "digits_cnn": functools.partial(
@@ -105,7 +110,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
 
 
 def register(name: str, constructor: Callable[..., base.MultiExitModel]):
-  """Adds a model constructor under `name` (raises if the name is taken)."""
+  """Adds a model constructor under `name` (raises if the name is taken).
+
+  `get_model` calls it with num_classes=, dtype=, conv=, norm= (the layer
+  classes, `mexd.models.layers`) and the architecture keywords.
+  """
   if name in _REGISTRY:
     raise ValueError(f"model {name!r} is already registered")
   _REGISTRY[name] = constructor
@@ -116,14 +125,15 @@ def model_names():
   return sorted(_REGISTRY)
 
 
-_NOT_KEYWORDS = ("parent", "name", "num_classes", "dtype")
+_NOT_KEYWORDS = ("parent", "name", "num_classes", "dtype") + (
+    layers_lib.Layers._fields)
 
 
 def model_keywords(name: str) -> Dict[str, Any]:
   """The architecture keywords of model `name` and their defaults.
 
-  These are the valid `model.kwargs` of a config (`num_classes` and `dtype`
-  are set elsewhere).
+  These are the valid `model.kwargs` of a config (`num_classes`, `dtype`
+  and the layer classes are set elsewhere).
 
     >>> model_keywords("digits_cnn")["widths"]
     (32, 64, 128)
@@ -153,6 +163,7 @@ def model_keywords(name: str) -> Dict[str, Any]:
 
 
 def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
+              layers: Optional[layers_lib.Layers] = None,
               **kwargs) -> base.MultiExitModel:
   """Builds the registered model `name`.
 
@@ -160,6 +171,9 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
     name: a key of the registry (see `model_names()`).
     num_classes: C, the number of classes of every exit.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+    layers: its convolution and batch-norm classes; None:
+      `layers.for_backend()` (mexd's CPU layers on the CPU backend, stock
+      flax elsewhere). Either gives the same variables.
     **kwargs: architecture options of that model.
 
   Raises:
@@ -187,7 +201,9 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
   # Flax modules must be hashable (jit caches and staged inference key on
   # them).
   kwargs = {k: _hashable(v) for k, v in kwargs.items()}
-  return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+  layers = layers_lib.for_backend() if layers is None else layers
+  return _REGISTRY[name](num_classes=num_classes, dtype=dtype,
+                         **layers._asdict(), **kwargs)
 
 
 def _hashable(v):

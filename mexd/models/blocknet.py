@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from mexd import errors
 from mexd.models import base
 from mexd.models import heads
+from mexd.models import layers
 
 Array = Any
 
@@ -122,16 +123,26 @@ class BlockNet(base.MultiExitModel):
       exit is the backbone's classifier (`heads.FinalHead`).
     exits: "stages" or a tuple of compute fractions (see module docstring).
     dtype: compute dtype; parameters are float32.
+    conv, norm: the layer classes of every unit and head
+      (`mexd.models.layers`; `get_model` picks them for the backend).
   """
 
   num_classes: int = 10
   head: str = "byot"
   exits: Union[str, Tuple[float, ...]] = "stages"
   dtype: Any = jnp.float32
+  conv: layers.ModuleDef = layers.FLAX.conv
+  norm: layers.ModuleDef = layers.FLAX.norm
 
   @nn.nowrap
   def plan(self) -> Plan:
     raise NotImplementedError
+
+  @nn.nowrap
+  def unit_kwargs(self):
+    """Keywords of every unbound unit of `plan`: dtype and layer classes."""
+    return dict(dtype=self.dtype, conv=self.conv, norm=self.norm,
+                parent=None)
 
   @nn.nowrap
   def exit_units(self) -> Tuple[int, ...]:
@@ -161,7 +172,8 @@ class BlockNet(base.MultiExitModel):
         continue
       exit_heads.append(heads.make_head(
           self.head, num_classes=self.num_classes, features=final_width,
-          steps=self._byot_steps(p.units, levels, e), dtype=self.dtype))
+          steps=self._byot_steps(p.units, levels, e), dtype=self.dtype,
+          conv=self.conv, norm=self.norm))
     self.blocks = blocks
     self.heads = exit_heads
 

@@ -3,8 +3,10 @@
 Counting rules:
 * FLOPs are XLA's `cost_analysis()["flops"]` of the compiled (optimised)
   eval-mode program that runs stages 0..k and returns exit k's logits, for
-  ONE image (compiled with batch 1). XLA counts a multiply-add as 2 flops,
-  and MACs = flops / 2.
+  ONE image (compiled with batch 1), with the model rebuilt from stock flax
+  layers (`layers.FLAX`: XLA's convolutions, the architecture's cost
+  whichever layers the model runs with). XLA counts a multiply-add as 2
+  flops, and MACs = flops / 2.
 * XLA counts only the kernel taps that land inside the image: products with
   the zero padding are not counted (a 3x3 conv on a 4x4 map counts 100 of
   the 144 taps). It also counts elementwise work (BN scale / shift, ReLU,
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mexd import errors
-from mexd.models import conv as conv_lib
+from mexd.models import layers
 
 
 def _flops(compiled) -> float:
@@ -96,15 +98,14 @@ def exit_costs(model, variables: Any, input_shape: Sequence[int],
     raise errors.InputError(
         f"input_shape must be (H, W, C) or (1, H, W, C), got "
         f"{tuple(input_shape)}")
+  model = layers.with_layers(model, layers.FLAX)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           variables)
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   num_exits = model.apply(abstract, method=lambda m: m.num_exits)
   out = []
   for k in range(num_exits):
-    # Count the architecture's convolutions, not the CPU Winograd rewrite.
-    with conv_lib.use_impl("xla"):
-      lowered = jax.jit(prefix_fn(model, k, cascade)).lower(abstract, x)
+    lowered = jax.jit(prefix_fn(model, k, cascade)).lower(abstract, x)
     compiled = lowered.compile()
     flops = _flops(compiled)
     out.append({"exit": k, "flops": flops, "macs": flops / 2})

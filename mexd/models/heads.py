@@ -41,37 +41,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mexd import errors
-from mexd.models import conv as conv_lib
-from mexd.models import norm as norm_lib
+from mexd.models import layers
 
 Array = Any
+ModuleDef = layers.ModuleDef
 
 HEAD_KINDS = ("byot", "byot_sep", "sdn", "erde", "erde_window")
-
-# He-normal with fan_out, as torchvision's kaiming_normal_(mode="fan_out").
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def batch_norm(train: bool, dtype: Any, name: str) -> norm_lib.BatchNorm:
-  """The project's BatchNorm: running averages in eval mode, momentum 0.9.
-
-  `mexd.models.norm.BatchNorm`: flax.linen.BatchNorm's variables and numbers
-  with a closed-form backward pass.
-  """
-  return norm_lib.BatchNorm(use_running_average=not train, momentum=0.9,
-                            dtype=dtype, name=name)
-
-
-def conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
-         groups: int = 1) -> conv_lib.Conv:
-  """Bias-free k x k conv with PyTorch-style symmetric padding k // 2.
-
-  3x3 stride-1 convolutions take the Winograd path on CPU (mexd.models.conv).
-  """
-  p = kernel // 2
-  return conv_lib.Conv(features, (kernel, kernel), strides=(stride, stride),
-                       padding=((p, p), (p, p)), feature_group_count=groups,
-                       kernel_init=conv_init, dtype=dtype, name=name)
 
 
 def grid_pool(x: Array, grid: int, op: str) -> Array:
@@ -151,12 +126,15 @@ class ByotHead(nn.Module):
       conv path (the map is already at the final resolution and width).
     separable: depthwise 3x3 -> pointwise 1x1 instead of a full 3x3 conv.
     dtype: compute dtype.
+    conv, norm: layer classes (`mexd.models.layers`).
   """
 
   num_classes: int
   steps: Sequence[Tuple[int, int]] = ()
   separable: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool = False):
@@ -165,12 +143,13 @@ class ByotHead(nn.Module):
     for i, (width, stride) in enumerate(self.steps):
       x = nn.relu(x)
       if self.separable:
-        x = conv(x.shape[-1], 3, stride, self.dtype, f"dwconv{i}",
-                 groups=x.shape[-1])(x)
-        x = conv(width, 1, 1, self.dtype, f"conv{i}")(x)
+        x = layers.conv(self.conv, x.shape[-1], 3, stride, self.dtype,
+                        f"dwconv{i}", groups=x.shape[-1])(x)
+        x = layers.conv(self.conv, width, 1, 1, self.dtype, f"conv{i}")(x)
       else:
-        x = conv(width, 3, stride, self.dtype, f"conv{i}")(x)
-      x = batch_norm(train, self.dtype, f"bn{i}")(x)
+        x = layers.conv(self.conv, width, 3, stride, self.dtype,
+                        f"conv{i}")(x)
+      x = layers.batch_norm(self.norm, train, self.dtype, f"bn{i}")(x)
     f = jnp.mean(nn.relu(x), axis=(1, 2))  # [B, D]
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(f)
     return logits, f
@@ -215,6 +194,7 @@ class ErdeHead(nn.Module):
       window with stride 2.
     dropout: dropout rate before the classifier (train mode only).
     dtype: compute dtype.
+    norm: batch-norm class (`mexd.models.layers`).
   """
 
   num_classes: int
@@ -222,11 +202,12 @@ class ErdeHead(nn.Module):
   window: bool = False
   dropout: float = 0.5
   dtype: Any = jnp.float32
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool = False):
     """h: [B, H, W, K] -> (logits [B, C], features [B, D])."""
-    x = nn.relu(batch_norm(train, self.dtype, "bn")(h))
+    x = nn.relu(layers.batch_norm(self.norm, train, self.dtype, "bn")(h))
     if self.window:
       win = tuple(min(2, s) for s in x.shape[1:3])
       x = nn.avg_pool(x, win, strides=win, padding="VALID")
@@ -246,19 +227,23 @@ class MsdHead(nn.Module):
     num_classes: C.
     width: channels of both convs (= D, 128 in Phuong & Lampert's CIFAR net).
     dtype: compute dtype.
+    conv, norm: layer classes (`mexd.models.layers`).
   """
 
   num_classes: int
   width: int = 128
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool = False):
     """h: [B, H, W, K] (8 x 8 for CIFAR) -> (logits [B, C], feats [B, D])."""
     x = h
     for i in range(2):
-      x = conv(self.width, 3, 2, self.dtype, f"conv{i}")(x)
-      x = nn.relu(batch_norm(train, self.dtype, f"bn{i}")(x))
+      x = layers.conv(self.conv, self.width, 3, 2, self.dtype, f"conv{i}")(x)
+      x = nn.relu(layers.batch_norm(self.norm, train, self.dtype,
+                                    f"bn{i}")(x))
     win = tuple(min(2, s) for s in x.shape[1:3])
     x = nn.avg_pool(x, win, strides=win, padding="VALID")
     f = jnp.mean(x, axis=(1, 2))  # [B, width]; 1 x 1 at 32 x 32 inputs
@@ -267,8 +252,9 @@ class MsdHead(nn.Module):
 
 
 def make_head(kind: str, *, num_classes: int, features: int,
-              steps: Sequence[Tuple[int, int]] = (), dtype: Any = jnp.float32
-              ) -> nn.Module:
+              steps: Sequence[Tuple[int, int]] = (), dtype: Any = jnp.float32,
+              conv: ModuleDef = layers.FLAX.conv,
+              norm: ModuleDef = layers.FLAX.norm) -> nn.Module:
   """Builds an unbound intermediate exit head of the given kind.
 
   Args:
@@ -277,17 +263,18 @@ def make_head(kind: str, *, num_classes: int, features: int,
     features: D, the common feature width of the model's exits.
     steps: for "byot", the (width, stride) conv steps (last width = D).
     dtype: compute dtype.
+    conv, norm: the model's layer classes (`mexd.models.layers`).
 
   Raises:
     InputError: unknown kind, listing the valid ones.
   """
   if kind in ("byot", "byot_sep"):
     return ByotHead(num_classes, tuple(steps), kind == "byot_sep",
-                    dtype=dtype, parent=None)
+                    dtype=dtype, conv=conv, norm=norm, parent=None)
   if kind == "sdn":
     return SdnHead(num_classes, features, dtype=dtype, parent=None)
   if kind in ("erde", "erde_window"):
     return ErdeHead(num_classes, features, window=kind == "erde_window",
-                    dtype=dtype, parent=None)
+                    dtype=dtype, norm=norm, parent=None)
   raise errors.InputError(f"unknown head kind {kind!r}; valid: "
                           f"{', '.join(HEAD_KINDS)}")

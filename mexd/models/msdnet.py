@@ -44,22 +44,24 @@ from mexd import errors
 from mexd.models import base
 from mexd.models import blocknet
 from mexd.models import heads
+from mexd.models import layers
 
 Array = Any
-_conv, _bn = heads.conv, heads.batch_norm
+ModuleDef = layers.ModuleDef
 
 
-def _conv_bn_relu(x, width, kernel, stride, dtype, name, train):
-  x = _conv(width, kernel, stride, dtype, f"{name}_conv")(x)
-  return nn.relu(_bn(train, dtype, f"{name}_bn")(x))
+def _conv_bn_relu(m, x, width, kernel, stride, name, train):
+  """ConvBNReLU inside module `m` (its conv, norm and dtype)."""
+  x = layers.conv(m.conv, width, kernel, stride, m.dtype, f"{name}_conv")(x)
+  return nn.relu(layers.batch_norm(m.norm, train, m.dtype, f"{name}_bn")(x))
 
 
-def _bottleneck(x, n_out, stride, btneck, dtype, name, train):
+def _bottleneck(m, x, n_out, stride, btneck, name, train):
   """[1x1 ConvBNReLU (width min(C_in, btneck * n_out))] -> 3x3 ConvBNReLU."""
   if btneck:
     n_mid = min(x.shape[-1], btneck * n_out)
-    x = _conv_bn_relu(x, n_mid, 1, 1, dtype, f"{name}_a", train)
-  return _conv_bn_relu(x, n_out, 3, stride, dtype, f"{name}_b", train)
+    x = _conv_bn_relu(m, x, n_mid, 1, 1, f"{name}_a", train)
+  return _conv_bn_relu(m, x, n_out, 3, stride, f"{name}_b", train)
 
 
 def msd_layout(n_scales: int, n_exits: int, nlayers_to_exit: int,
@@ -118,16 +120,18 @@ class MsdFirstLayer(nn.Module):
   widths: Sequence[int]
   imagenet: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> List[Array]:
     k, s = (7, 2) if self.imagenet else (3, 1)
-    x = _conv_bn_relu(x, self.widths[0], k, s, self.dtype, "s0", train)
+    x = _conv_bn_relu(self, x, self.widths[0], k, s, "s0", train)
     if self.imagenet:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     out = [x]
     for i, w in enumerate(self.widths[1:], start=1):
-      out.append(_conv_bn_relu(out[-1], w, 3, 2, self.dtype, f"s{i}", train))
+      out.append(_conv_bn_relu(self, out[-1], w, 3, 2, f"s{i}", train))
     return out
 
 
@@ -138,6 +142,8 @@ class MsdDenseLayer(nn.Module):
   out_widths: Sequence[int]
   btneck_widths: Sequence[int] = (4, 4, 4)
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, xs: List[Optional[Array]], *, train: bool = False):
@@ -151,14 +157,14 @@ class MsdDenseLayer(nn.Module):
       has_down = s > 0 and self.in_widths[s - 1] > 0
       parts = [xs[s]]
       if has_down:
-        parts.append(_bottleneck(xs[s], new // 2, 1, self.btneck_widths[s],
-                                 self.dtype, f"s{s}_conv", train))
-        parts.append(_bottleneck(xs[s - 1], new - new // 2, 2,
-                                 self.btneck_widths[s - 1], self.dtype,
-                                 f"s{s}_down", train))
+        parts.append(_bottleneck(self, xs[s], new // 2, 1,
+                                 self.btneck_widths[s], f"s{s}_conv", train))
+        parts.append(_bottleneck(self, xs[s - 1], new - new // 2, 2,
+                                 self.btneck_widths[s - 1], f"s{s}_down",
+                                 train))
       else:
-        parts.append(_bottleneck(xs[s], new, 1, self.btneck_widths[s],
-                                 self.dtype, f"s{s}_conv", train))
+        parts.append(_bottleneck(self, xs[s], new, 1, self.btneck_widths[s],
+                                 f"s{s}_conv", train))
       out.append(jnp.concatenate(parts, axis=-1))
     return out
 
@@ -168,11 +174,13 @@ class MsdTransition(nn.Module):
 
   out_widths: Sequence[int]
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, xs: List[Optional[Array]], *, train: bool = False):
     return [None if x is None else
-            _conv_bn_relu(x, w, 1, 1, self.dtype, f"s{s}", train)
+            _conv_bn_relu(self, x, w, 1, 1, f"s{s}", train)
             for s, (x, w) in enumerate(zip(xs, self.out_widths))]
 
 
@@ -200,6 +208,8 @@ class MSDNet(base.MultiExitModel):
       "byot_sep" are not offered: their conv path targets a final-stage map,
       which MSDNet lacks.
     dtype: compute dtype; parameters are float32.
+    conv, norm: the layer classes of every layer and head
+      (`mexd.models.layers`; `get_model` picks them for the backend).
   """
 
   num_classes: int = 100
@@ -217,6 +227,8 @@ class MSDNet(base.MultiExitModel):
   imagenet: bool = False
   head: str = "msdnet"
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.nowrap
   def layout(self) -> Tuple[list, list, tuple]:
@@ -233,28 +245,28 @@ class MSDNet(base.MultiExitModel):
           f"unknown head kind {self.head!r} for MSDNet; valid: "
           f"{', '.join(kinds_ok)}")
     planes, kinds, ends = self.layout()
+    kw = dict(dtype=self.dtype, conv=self.conv, norm=self.norm)
     blocks, exit_heads, start = [], [], 0
     for e in ends:
-      layers = []
+      cols = []
       for c in range(start, e + 1):
         if kinds[c] == "first":
-          layers.append(MsdFirstLayer(planes[c], self.imagenet,
-                                      dtype=self.dtype, parent=None))
+          cols.append(MsdFirstLayer(planes[c], self.imagenet, **kw,
+                                    parent=None))
         elif kinds[c] == "layer":
-          layers.append(MsdDenseLayer(planes[c - 1], planes[c],
-                                      tuple(self.btneck_widths),
-                                      dtype=self.dtype, parent=None))
+          cols.append(MsdDenseLayer(planes[c - 1], planes[c],
+                                    tuple(self.btneck_widths), **kw,
+                                    parent=None))
         else:
-          layers.append(MsdTransition(planes[c], dtype=self.dtype,
-                                      parent=None))
-      blocks.append(blocknet.Stage(tuple(layers), parent=None))
+          cols.append(MsdTransition(planes[c], **kw, parent=None))
+      blocks.append(blocknet.Stage(tuple(cols), parent=None))
       start = e + 1
       if self.head == "msdnet":
-        h = heads.MsdHead(self.num_classes, self.exit_width, dtype=self.dtype,
+        h = heads.MsdHead(self.num_classes, self.exit_width, **kw,
                           parent=None)
       else:
         h = heads.make_head(self.head, num_classes=self.num_classes,
-                            features=self.exit_width, dtype=self.dtype)
+                            features=self.exit_width, **kw)
       exit_heads.append(CoarsestScale(h, parent=None))
     self.blocks = blocks
     self.heads = exit_heads

@@ -11,7 +11,8 @@
   1x1 conv shortcut on the pre-activated input when the width changes, and a
   final BN -> ReLU before the classifier.
 
-All convs are bias-free (every conv feeds a BN); the classifier is
+All convs are bias-free (every conv feeds a BN) and built from the model's
+`conv` / `norm` layer classes (`mexd.models.layers`); the classifier is
 pool -> Dense(C) with bias. Each residual block is one unit (see
 `mexd.models.blocknet`), so SDN-style fractional exits can split stages.
 """
@@ -23,10 +24,11 @@ import jax.numpy as jnp
 
 from mexd import errors
 from mexd.models import blocknet
-from mexd.models import heads
+from mexd.models import layers
 
 Array = Any
-_conv, _bn = heads.conv, heads.batch_norm
+ModuleDef = layers.ModuleDef
+_conv, _bn = layers.conv, layers.batch_norm
 
 
 class ResNetStem(nn.Module):
@@ -36,6 +38,8 @@ class ResNetStem(nn.Module):
   out_width: int
   imagenet: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @property
   def stride(self) -> int:
@@ -50,11 +54,31 @@ class ResNetStem(nn.Module):
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """x: [B, H, W, 3] -> [B, H / stride, W / stride, out_width]."""
     k, s = (7, 2) if self.imagenet else (3, 1)
-    x = _conv(self.out_width, k, s, self.dtype, "conv")(x)
-    x = nn.relu(_bn(train, self.dtype, "bn")(x))
+    x = _conv(self.conv, self.out_width, k, s, self.dtype, "conv")(x)
+    x = nn.relu(_bn(self.norm, train, self.dtype, "bn")(x))
     if self.imagenet:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     return x
+
+
+def _shortcut(block, x: Array, train: bool) -> Array:
+  """`block`'s shortcut: x, or 1x1 conv (stride) -> BN where the shape changes.
+
+  x: [B, H, W, in_width] -> [B, H / stride, W / stride, out_width].
+  """
+  if block.stride == 1 and block.in_width == block.out_width:
+    return x
+  x = _conv(block.conv, block.out_width, 1, block.stride, block.dtype,
+            "proj")(x)
+  return _bn(block.norm, train, block.dtype, "proj_bn")(x)
+
+
+def _shortcut_macs(block, hw: int) -> int:
+  """MACs of `_shortcut(block, ...)` on an hw x hw input."""
+  if block.stride == 1 and block.in_width == block.out_width:
+    return 0
+  return blocknet.conv_macs(hw, block.in_width, block.out_width, 1,
+                            block.stride)[0]
 
 
 class BasicBlock(nn.Module):
@@ -64,29 +88,25 @@ class BasicBlock(nn.Module):
   out_width: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.nowrap
   def cost(self, hw: int) -> int:
     c1, o = blocknet.conv_macs(hw, self.in_width, self.out_width, 3,
                                self.stride)
     c2, _ = blocknet.conv_macs(o, self.out_width, self.out_width, 3, 1)
-    c3 = 0
-    if self.stride != 1 or self.in_width != self.out_width:
-      c3, _ = blocknet.conv_macs(hw, self.in_width, self.out_width, 1,
-                                 self.stride)
-    return c1 + c2 + c3
+    return c1 + c2 + _shortcut_macs(self, hw)
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """x: [B, H, W, in_width] -> [B, H / stride, W / stride, out_width]."""
-    y = _conv(self.out_width, 3, self.stride, self.dtype, "conv1")(x)
-    y = nn.relu(_bn(train, self.dtype, "bn1")(y))
-    y = _conv(self.out_width, 3, 1, self.dtype, "conv2")(y)
-    y = _bn(train, self.dtype, "bn2")(y)
-    if self.stride != 1 or self.in_width != self.out_width:
-      x = _conv(self.out_width, 1, self.stride, self.dtype, "proj")(x)
-      x = _bn(train, self.dtype, "proj_bn")(x)
-    return nn.relu(x + y)
+    y = _conv(self.conv, self.out_width, 3, self.stride, self.dtype,
+              "conv1")(x)
+    y = nn.relu(_bn(self.norm, train, self.dtype, "bn1")(y))
+    y = _conv(self.conv, self.out_width, 3, 1, self.dtype, "conv2")(y)
+    y = _bn(self.norm, train, self.dtype, "bn2")(y)
+    return nn.relu(_shortcut(self, x, train) + y)
 
 
 class Bottleneck(nn.Module):
@@ -98,6 +118,8 @@ class Bottleneck(nn.Module):
   stride: int = 1
   groups: int = 1
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.nowrap
   def cost(self, hw: int) -> int:
@@ -105,26 +127,19 @@ class Bottleneck(nn.Module):
     c2, o = blocknet.conv_macs(hw, self.mid_width, self.mid_width, 3,
                                self.stride, self.groups)
     c3, _ = blocknet.conv_macs(o, self.mid_width, self.out_width, 1, 1)
-    c4 = 0
-    if self.stride != 1 or self.in_width != self.out_width:
-      c4, _ = blocknet.conv_macs(hw, self.in_width, self.out_width, 1,
-                                 self.stride)
-    return c1 + c2 + c3 + c4
+    return c1 + c2 + c3 + _shortcut_macs(self, hw)
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """x: [B, H, W, in_width] -> [B, H / stride, W / stride, out_width]."""
-    y = _conv(self.mid_width, 1, 1, self.dtype, "conv1")(x)
-    y = nn.relu(_bn(train, self.dtype, "bn1")(y))
-    y = _conv(self.mid_width, 3, self.stride, self.dtype, "conv2",
-              groups=self.groups)(y)
-    y = nn.relu(_bn(train, self.dtype, "bn2")(y))
-    y = _conv(self.out_width, 1, 1, self.dtype, "conv3")(y)
-    y = _bn(train, self.dtype, "bn3")(y)
-    if self.stride != 1 or self.in_width != self.out_width:
-      x = _conv(self.out_width, 1, self.stride, self.dtype, "proj")(x)
-      x = _bn(train, self.dtype, "proj_bn")(x)
-    return nn.relu(x + y)
+    y = _conv(self.conv, self.mid_width, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(_bn(self.norm, train, self.dtype, "bn1")(y))
+    y = _conv(self.conv, self.mid_width, 3, self.stride, self.dtype,
+              "conv2", groups=self.groups)(y)
+    y = nn.relu(_bn(self.norm, train, self.dtype, "bn2")(y))
+    y = _conv(self.conv, self.out_width, 1, 1, self.dtype, "conv3")(y)
+    y = _bn(self.norm, train, self.dtype, "bn3")(y)
+    return nn.relu(_shortcut(self, x, train) + y)
 
 
 class ConvStem(nn.Module):
@@ -133,6 +148,8 @@ class ConvStem(nn.Module):
   in_width: int
   out_width: int
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
   stride = 1
 
   @nn.nowrap
@@ -142,7 +159,7 @@ class ConvStem(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     del train
-    return _conv(self.out_width, 3, 1, self.dtype, "conv")(x)
+    return _conv(self.conv, self.out_width, 3, 1, self.dtype, "conv")(x)
 
 
 class PreActBlock(nn.Module):
@@ -153,6 +170,8 @@ class PreActBlock(nn.Module):
   stride: int = 1
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.nowrap
   def cost(self, hw: int) -> int:
@@ -162,14 +181,16 @@ class PreActBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """x: [B, H, W, in_width] -> [B, H / stride, W / stride, out_width]."""
-    a = nn.relu(_bn(train, self.dtype, "bn1")(x))
-    y = _conv(self.out_width, 3, self.stride, self.dtype, "conv1")(a)
-    y = nn.relu(_bn(train, self.dtype, "bn2")(y))
+    a = nn.relu(_bn(self.norm, train, self.dtype, "bn1")(x))
+    y = _conv(self.conv, self.out_width, 3, self.stride, self.dtype,
+              "conv1")(a)
+    y = nn.relu(_bn(self.norm, train, self.dtype, "bn2")(y))
     if self.dropout > 0:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = _conv(self.out_width, 3, 1, self.dtype, "conv2")(y)
+    y = _conv(self.conv, self.out_width, 3, 1, self.dtype, "conv2")(y)
     if self.stride != 1 or self.in_width != self.out_width:
-      x = _conv(self.out_width, 1, self.stride, self.dtype, "proj")(a)
+      x = _conv(self.conv, self.out_width, 1, self.stride, self.dtype,
+                "proj")(a)
     return x + y
 
 
@@ -178,6 +199,8 @@ class BnRelu(nn.Module):
 
   out_width: int
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
   stride = 1
 
   @nn.nowrap
@@ -187,7 +210,7 @@ class BnRelu(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    return nn.relu(_bn(train, self.dtype, "bn")(x))
+    return nn.relu(_bn(self.norm, train, self.dtype, "bn")(x))
 
 
 class ResNet(blocknet.BlockNet):
@@ -200,7 +223,7 @@ class ResNet(blocknet.BlockNet):
     groups: groups of the bottleneck 3x3 conv (ResNeXt cardinality).
     stem_width: stem output width.
     imagenet: 7x7 stride-2 stem + maxpool (224 inputs) instead of 3x3 (32).
-    (and num_classes, head, exits, dtype from `BlockNet`.)
+    (and num_classes, head, exits, dtype, conv, norm from `BlockNet`.)
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -212,17 +235,17 @@ class ResNet(blocknet.BlockNet):
 
   @nn.nowrap
   def plan(self) -> blocknet.Plan:
-    units = [ResNetStem(3, self.stem_width, self.imagenet, dtype=self.dtype,
-                        parent=None)]
+    kw = self.unit_kwargs()
+    units = [ResNetStem(3, self.stem_width, self.imagenet, **kw)]
     ends, width = [], self.stem_width
     for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n):
         s = 2 if (i > 0 and j == 0) else 1
         if self.mid_widths is None:
-          units.append(BasicBlock(width, w, s, dtype=self.dtype, parent=None))
+          units.append(BasicBlock(width, w, s, **kw))
         else:
           units.append(Bottleneck(width, self.mid_widths[i], w, s,
-                                  self.groups, dtype=self.dtype, parent=None))
+                                  self.groups, **kw))
         width = w
       ends.append(len(units) - 1)
     return blocknet.Plan(units, tuple(ends), 224 if self.imagenet else 32)
@@ -235,7 +258,7 @@ class WideResNet(blocknet.BlockNet):
     depth: total depth d, with (d - 4) / 6 blocks per stage.
     widen_factor: k; stage widths 16k, 32k, 64k.
     dropout: dropout rate between the convs of a block (0 disables it).
-    (and num_classes, head, exits, dtype from `BlockNet`.)
+    (and num_classes, head, exits, dtype, conv, norm from `BlockNet`.)
   """
 
   depth: int = 28
@@ -247,15 +270,15 @@ class WideResNet(blocknet.BlockNet):
     if (self.depth - 4) % 6:
       raise errors.InputError(f"WRN depth must be 6n + 4, got {self.depth}")
     n = (self.depth - 4) // 6
-    units = [ConvStem(3, 16, dtype=self.dtype, parent=None)]
+    kw = self.unit_kwargs()
+    units = [ConvStem(3, 16, **kw)]
     ends, width = [], 16
     for i, w in enumerate(16 * self.widen_factor * m for m in (1, 2, 4)):
       for j in range(n):
         s = 2 if (i > 0 and j == 0) else 1
-        units.append(PreActBlock(width, w, s, self.dropout, dtype=self.dtype,
-                                 parent=None))
+        units.append(PreActBlock(width, w, s, self.dropout, **kw))
         width = w
       ends.append(len(units) - 1)
-    units.append(BnRelu(width, dtype=self.dtype, parent=None))
+    units.append(BnRelu(width, **kw))
     ends[-1] = len(units) - 1
     return blocknet.Plan(units, tuple(ends), 32)

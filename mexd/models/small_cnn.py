@@ -22,23 +22,30 @@ import jax.numpy as jnp
 
 from mexd import errors
 from mexd.models import base
-from mexd.models import conv
 from mexd.models import heads
+from mexd.models import layers
 
 Array = Any
+ModuleDef = layers.ModuleDef
 
 HEADS = ("pool_dense", "conv")
 DOWNSAMPLE = ("stride", "maxpool")
 
 
 class ConvStage(nn.Module):
-  """`num_convs` x (conv3x3 -> BN -> ReLU); the first conv has `stride`."""
+  """`num_convs` x (conv3x3 -> BN -> ReLU); the first conv has `stride`.
+
+  The convs have `nn.Conv`'s "SAME" padding and LeCun-normal init (not the
+  PyTorch-style padding and He init of `layers.conv`).
+  """
 
   width: int
   num_convs: int = 2
   stride: int = 1
   maxpool: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
@@ -48,9 +55,10 @@ class ConvStage(nn.Module):
       x = nn.max_pool(x, s, strides=s, padding="SAME")
     for i in range(self.num_convs):
       s = self.stride if i == 0 and not self.maxpool else 1
-      x = conv.Conv(self.width, (3, 3), strides=(s, s), padding="SAME",
+      x = self.conv(self.width, (3, 3), strides=(s, s), padding="SAME",
+                    kernel_init=nn.initializers.lecun_normal(),
                     dtype=self.dtype, name=f"conv{i}")(x)
-      x = heads.batch_norm(train, self.dtype, f"bn{i}")(x)
+      x = layers.batch_norm(self.norm, train, self.dtype, f"bn{i}")(x)
       x = nn.relu(x)
     return x
 
@@ -67,6 +75,8 @@ class SmallCNN(base.MultiExitModel):
     head: exit head kind, "pool_dense" or "conv" (module docstring).
     downsample: "stride" (strided first conv) or "maxpool".
     dtype: compute dtype; parameters are float32.
+    conv, norm: layer classes (`mexd.models.layers`; `get_model` picks them
+      for the backend).
   """
 
   num_classes: int = 10
@@ -77,6 +87,8 @@ class SmallCNN(base.MultiExitModel):
   head: str = "pool_dense"
   downsample: str = "stride"
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   def setup(self):
     if len(self.widths) != len(self.strides):
@@ -90,15 +102,15 @@ class SmallCNN(base.MultiExitModel):
       raise errors.InputError(
           f"unknown small_cnn downsample {self.downsample!r}; "
           f"valid: {', '.join(DOWNSAMPLE)}")
+    kw = dict(dtype=self.dtype, conv=self.conv, norm=self.norm)
     self.blocks = [
         ConvStage(w, self.convs_per_stage, s,
-                  maxpool=self.downsample == "maxpool", dtype=self.dtype)
+                  maxpool=self.downsample == "maxpool", **kw)
         for w, s in zip(self.widths, self.strides)
     ]
     if self.head == "conv":
       self.heads = [
-          heads.ByotHead(self.num_classes, ((self.head_features, 2),),
-                         dtype=self.dtype)
+          heads.ByotHead(self.num_classes, ((self.head_features, 2),), **kw)
           for _ in self.widths
       ]
     else:

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 
 from mexd import errors
 from mexd.models import blocknet
-from mexd.models import heads
+from mexd.models import layers
 
 Array = Any
+ModuleDef = layers.ModuleDef
 
 CONFIGS = {
     11: ((64,), (128,), (256, 256), (512, 512), (512, 512)),
@@ -39,6 +40,8 @@ class VggConv(nn.Module):
   out_width: int
   pool: bool = False
   dtype: Any = jnp.float32
+  conv: ModuleDef = layers.FLAX.conv
+  norm: ModuleDef = layers.FLAX.norm
 
   @property
   def stride(self) -> int:
@@ -51,8 +54,8 @@ class VggConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """x: [B, H, W, in_width] -> [B, H / stride, W / stride, out_width]."""
-    x = heads.conv(self.out_width, 3, 1, self.dtype, "conv")(x)
-    x = nn.relu(heads.batch_norm(train, self.dtype, "bn")(x))
+    x = layers.conv(self.conv, self.out_width, 3, 1, self.dtype, "conv")(x)
+    x = nn.relu(layers.batch_norm(self.norm, train, self.dtype, "bn")(x))
     if self.pool:
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return x
@@ -66,7 +69,7 @@ class VGG(blocknet.BlockNet):
     config: conv widths per block, overriding CONFIGS[depth] (e.g. a
       thinner student); each block ends in a 2x2 max pool.
     classifier_hidden: hidden widths of the final classifier.
-    (and num_classes, head, exits, dtype from `BlockNet`.)
+    (and num_classes, head, exits, dtype, conv, norm from `BlockNet`.)
   """
 
   depth: int = 16
@@ -84,7 +87,7 @@ class VGG(blocknet.BlockNet):
     for block in config:
       for j, w in enumerate(block):
         units.append(VggConv(width, w, pool=j == len(block) - 1,
-                             dtype=self.dtype, parent=None))
+                             **self.unit_kwargs()))
         width = w
       ends.append(len(units) - 1)
     return blocknet.Plan(units, tuple(ends), 32,

@@ -13,10 +13,10 @@ compiled with YNNPACK kept for dots and reductions only:
 
 The options are passed per program (`jax.jit(..., compiler_options=...)`);
 nothing global changes, and a user's own program is unaffected. They are
-skipped (plain `jax.jit`) on other backends, when the environment variable
-`MEXD_XLA_OPTIONS=0` is set, when `XLA_FLAGS` already sets
-`xla_cpu_experimental_ynn_fusion_type` (the user's choice wins), or when the
-installed jaxlib does not know the option (checked once by compiling a
+skipped (plain `jax.jit`) on other backends, when mexd's CPU measures are
+switched off (`MEXD_CPU_FAST=0`, see `mexd.cpu`), when `XLA_FLAGS` already
+sets `xla_cpu_experimental_ynn_fusion_type` (the user's choice wins), or when
+the installed jaxlib does not know the option (checked once by compiling a
 one-line program; an unknown option is a compile error, not a crash).
 """
 
@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, Optional
 from absl import logging
 import jax
 import numpy as np
+
+from mexd import cpu
 
 CPU_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":
@@ -47,17 +49,21 @@ def _supported() -> bool:
   return True
 
 
-def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
+def compiler_options(backend: Optional[str] = None, *,
+                     enabled: Optional[bool] = None) -> Dict[str, str]:
   """The options mexd compiles its programs with on `backend`.
 
   Args:
     backend: "cpu", "gpu", "tpu"; None means `jax.default_backend()`.
+    enabled: False gives {}; None follows the switch (`mexd.cpu.enabled()`).
 
   Returns:
     a fresh dict ({} off CPU or when disabled, see the module docstring).
   """
   backend = backend or jax.default_backend()
-  if backend != "cpu" or os.environ.get("MEXD_XLA_OPTIONS", "1") == "0":
+  if enabled is None:
+    enabled = cpu.enabled()
+  if backend != "cpu" or not enabled:
     return {}
   if "ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
     return {}
@@ -67,13 +73,14 @@ def compiler_options(backend: Optional[str] = None) -> Dict[str, str]:
   return dict(CPU_OPTIONS) if _supported() else {}
 
 
-def jit(fun: Callable[..., Any], **kwargs) -> Callable[..., Any]:
-  """`jax.jit(fun, **kwargs)` with `compiler_options()` added.
+def jit(fun: Callable[..., Any], *, enabled: Optional[bool] = None,
+        **kwargs) -> Callable[..., Any]:
+  """`jax.jit(fun, **kwargs)` with `compiler_options(enabled=enabled)` added.
 
   For the programs that do the work (train step, eval forward, inference
   stages); small helpers keep plain `jax.jit`.
   """
-  options = compiler_options()
+  options = compiler_options(enabled=enabled)
   if options:
     kwargs["compiler_options"] = {**options,
                                   **kwargs.get("compiler_options", {})}

@@ -1,4 +1,4 @@
-"""mexd.models.norm.BatchNorm vs flax.linen.BatchNorm and a NumPy reference."""
+"""mexd.cpu.norm.BatchNorm vs flax.linen.BatchNorm and a NumPy reference."""
 
 import chex
 import flax.linen as nn
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mexd.models import norm
+from mexd.cpu import norm
 
 EPS = 1e-5
 

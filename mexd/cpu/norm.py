@@ -1,11 +1,12 @@
-"""Batch normalization with a hand-written backward pass.
+"""Batch normalization with a hand-written backward pass (the CPU layers).
 
-`BatchNorm` is a drop-in for the models' `flax.linen.BatchNorm(
-use_running_average=not train, momentum=0.9)`: the same variables ("params":
-scale, bias; "batch_stats": mean, var; [C] each), the same running-average
-update and the same numbers, so checkpoints do not depend on which one built
-them. What differs is the training-mode gradient: `batch_norm_train` is a
-`jax.custom_vjp` whose backward is the closed form
+`BatchNorm` is a drop-in for `flax.linen.BatchNorm(use_running_average=...,
+momentum=..., dtype=...)`: the same variables ("params": scale, bias;
+"batch_stats": mean, var; [C] each), the same running-average update and the
+same numbers, so checkpoints do not depend on which one built them;
+`mexd.models.layers` picks it on the CPU backend. What differs is the
+training-mode gradient: `batch_norm_train` is a `jax.custom_vjp` whose
+backward is the closed form
 
   xhat = (x - mean) * rstd,            rstd = 1 / sqrt(var + eps)
   dbias = sum(g),  dscale = sum(g * xhat)

@@ -1,11 +1,11 @@
-"""mexd.xla_options: per-program XLA:CPU options, with the documented opt-outs."""
+"""mexd.cpu.xla_options: per-program XLA:CPU options and their opt-outs."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mexd import xla_options
+from mexd.cpu import xla_options
 
 
 def _conv(x, k):
@@ -15,7 +15,7 @@ def _conv(x, k):
 
 
 def test_options_per_backend_and_opt_outs(monkeypatch):
-  monkeypatch.delenv("MEXD_XLA_OPTIONS", raising=False)
+  monkeypatch.delenv("MEXD_CPU_FAST", raising=False)
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
   assert xla_options.compiler_options("cpu") == xla_options.CPU_OPTIONS
   assert xla_options.compiler_options("gpu") == {}
@@ -23,16 +23,19 @@ def test_options_per_backend_and_opt_outs(monkeypatch):
   got = xla_options.compiler_options("cpu")
   got["x"] = "y"  # A fresh dict each call: callers cannot change the table.
   assert "x" not in xla_options.compiler_options("cpu")
-  monkeypatch.setenv("MEXD_XLA_OPTIONS", "0")
+  assert xla_options.compiler_options("cpu", enabled=False) == {}
+  monkeypatch.setenv("MEXD_CPU_FAST", "0")  # The switch of mexd.cpu.
   assert xla_options.compiler_options("cpu") == {}
-  monkeypatch.delenv("MEXD_XLA_OPTIONS")
+  assert xla_options.compiler_options("cpu", enabled=True) == (
+      xla_options.CPU_OPTIONS)
+  monkeypatch.delenv("MEXD_CPU_FAST")
   monkeypatch.setenv("XLA_FLAGS",
                      "--xla_cpu_experimental_ynn_fusion_type=")  # user's own
   assert xla_options.compiler_options("cpu") == {}
 
 
 def test_jit_same_numbers_and_no_ynnpack_convolution(monkeypatch):
-  monkeypatch.delenv("MEXD_XLA_OPTIONS", raising=False)
+  monkeypatch.delenv("MEXD_CPU_FAST", raising=False)
   monkeypatch.setenv("XLA_FLAGS", "")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
@@ -55,7 +58,7 @@ def test_jit_same_numbers_and_no_ynnpack_convolution(monkeypatch):
 
 
 def test_unsupported_option_falls_back(monkeypatch):
-  monkeypatch.delenv("MEXD_XLA_OPTIONS", raising=False)
+  monkeypatch.delenv("MEXD_CPU_FAST", raising=False)
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setattr(xla_options, "CPU_OPTIONS",
                       {"xla_cpu_no_such_option_for_mexd": "1"})

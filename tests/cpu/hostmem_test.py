@@ -1,4 +1,4 @@
-"""mexd.hostmem: after tune_malloc, big blocks are reused instead of faulted in.
+"""mexd.cpu.hostmem: after tune_malloc big blocks are reused, not faulted in.
 
 Each check runs in a fresh interpreter (the settings are process-wide): it
 allocates and frees a 64 MiB block, touching every page, several times and
@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from mexd import hostmem
+from mexd.cpu import hostmem
 
 _PROBE = r"""
 import ctypes, resource, sys
-from mexd import hostmem
+from mexd.cpu import hostmem
 applied = hostmem.tune_malloc() if sys.argv[1] == "tuned" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -58,6 +58,6 @@ def test_tuned_malloc_reuses_big_blocks():
 
 
 def test_opt_out():
-  applied, faults = _probe("tuned", MEXD_TUNE_MALLOC="0")
+  applied, faults = _probe("tuned", MEXD_CPU_FAST="0")
   assert not applied
   assert faults >= (64 << 20) // 4096 // 2, faults

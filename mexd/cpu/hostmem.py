@@ -21,15 +21,16 @@ handed out, so mexd calls it only from the entry points it owns
 thing, before XLA's threads start allocating; a program that imports mexd
 as a library is left alone unless it calls it (do so before the first JAX
 computation). The cost: the process keeps its peak heap (its RSS does not
-shrink after a peak). Off with the environment variable
-`MEXD_TUNE_MALLOC=0`; a no-op where the C library is not glibc.
+shrink after a peak). Off with mexd's CPU switch (`MEXD_CPU_FAST=0`, see
+`mexd.cpu`); a no-op where the C library is not glibc.
 """
 
 import ctypes
 import ctypes.util
 import functools
-import os
 import sys
+
+from mexd import cpu
 
 # mallopt(3) parameters (glibc malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -58,15 +59,14 @@ def _glibc():
 
 
 def enabled() -> bool:
-  """Whether `tune_malloc` applies here (glibc, MEXD_TUNE_MALLOC not "0")."""
-  return (os.environ.get("MEXD_TUNE_MALLOC", "1") != "0"
-          and _glibc() is not None)
+  """Whether `tune_malloc` applies here (glibc, `mexd.cpu.enabled()`)."""
+  return cpu.enabled() and _glibc() is not None
 
 
 def tune_malloc() -> bool:
   """Applies `SETTINGS` with mallopt(3); whether they were applied.
 
-  False (nothing changed) when `MEXD_TUNE_MALLOC=0`, off glibc, or when
+  False (nothing changed) when `MEXD_CPU_FAST=0`, off glibc, or when
   glibc refuses a setting.
   """
   if not enabled():

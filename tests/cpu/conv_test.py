@@ -1,12 +1,13 @@
-"""Winograd 3x3 convolution vs XLA's convolution: values and gradients."""
+"""mexd.cpu.conv: the fast-gradient convolutions vs XLA's and NumPy's."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mexd.models import conv
+from mexd.cpu import conv
 
 
 def np_conv3x3(x, k):
@@ -20,33 +21,6 @@ def np_conv3x3(x, k):
     for j in range(3):
       out += np.einsum("bhwc,cd->bhwd", xp[:, i:i + h, j:j + w], k[i, j])
   return out
-
-
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 5, 4), (1, 1, 1, 2),
-                                   (2, 6, 9, 16)])
-def test_winograd_matches_direct_convolution(shape):
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=shape).astype(np.float32)
-  k = rng.normal(size=(3, 3, shape[-1], 5)).astype(np.float32)
-  y = conv.winograd_conv3x3(jnp.asarray(x), jnp.asarray(k))
-  chex.assert_shape(y, shape[:3] + (5,))
-  np.testing.assert_allclose(y, np_conv3x3(x, k), rtol=1e-4, atol=1e-4)
-
-
-def test_winograd_gradients_match_xla():
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 6, 6, 8)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(3, 3, 8, 4)), jnp.float32)
-  r = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), jnp.float32)
-
-  def loss(f):
-    return jax.grad(lambda x, k: jnp.sum(f(x, k) * r), argnums=(0, 1))(x, k)
-
-  xla = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  for a, b in zip(loss(conv.winograd_conv3x3), loss(xla)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 9, 7, 4), (2, 1, 2, 2)])
@@ -113,45 +87,42 @@ def test_conv1x1_matmul_matches_xla_values_and_gradients(stride):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_module_same_params_and_outputs_for_every_impl():
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  layers = {i: conv.Conv(6, (3, 3), padding=1, impl=i)
-            for i in ("xla", "winograd", "auto")}
-  params = layers["xla"].init(jax.random.key(1), x)
-  for impl, layer in layers.items():
-    chex.assert_trees_all_equal_shapes(layer.init(jax.random.key(1), x),
-                                       params)
-    np.testing.assert_allclose(layer.apply(params, x),
-                               layers["xla"].apply(params, x),
-                               rtol=1e-4, atol=1e-5, err_msg=impl)
+@pytest.mark.parametrize("kernel,stride,padding,groups", [
+    (3, 1, ((1, 1), (1, 1)), 1), (3, 1, "SAME", 1), (3, 2, 1, 1),
+    (3, 2, "SAME", 1), (1, 2, "VALID", 1), (1, 1, ((0, 0), (0, 0)), 1),
+    (3, 1, 1, 3), (5, 1, 2, 1)])
+def test_conv_module_equals_flax_conv(kernel, stride, padding, groups):
+  """Same "kernel" and the same outputs and gradients as nn.Conv."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 7, 6))
+  kw = dict(features=6, kernel_size=(kernel, kernel), strides=(stride, stride),
+            padding=padding, feature_group_count=groups)
+  ours, ref = conv.Conv(**kw), nn.Conv(use_bias=False, **kw)
+  params = ref.init(jax.random.key(1), x)
+  chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(1), x), params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x),
+                             rtol=1e-5, atol=1e-5)
+  r = jax.random.normal(jax.random.key(2), ref.apply(params, x).shape)
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * r),
+                            argnums=(0, 1))(params, x)
+  chex.assert_trees_all_close(grad(ours), grad(ref), rtol=1e-4, atol=1e-4)
 
 
-def test_auto_choice_and_override():
+def test_path_choice():
   kw = dict(kernel_size=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
             groups=1, dtype=jnp.float32)
-  assert conv.choose_impl("auto", **kw) == "fast_grad"  # Tests run on CPU.
-  with conv.use_impl("xla"):
-    assert conv.choose_impl("auto", **kw) == "xla"
-    assert conv.choose_impl("winograd", **kw) == "winograd"
-  assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
-                          cin=3) == "fast_grad"
-  assert conv.choose_impl("im2col", **{**kw, "strides": (2, 2)},
-                          cin=3) == "im2col"
-  with conv.use_impl("xla"):
-    assert conv.choose_impl("auto", **{**kw, "strides": (2, 2)},
-                            cin=64) == "xla"
+  assert conv.path(**kw) == "fast_grad"
+  assert conv.path(**{**kw, "padding": "SAME"}) == "fast_grad"
+  assert conv.path(**{**kw, "padding": 1}) == "fast_grad"
+  assert conv.path(**{**kw, "strides": (2, 2)}) == "fast_grad"
+  # "SAME" at stride 2 pads (0, 1) on even maps: not the padding-1 kernel.
+  assert conv.path(**{**kw, "strides": (2, 2), "padding": "SAME"}) == "xla"
   one = {**kw, "kernel_size": (1, 1), "padding": ((0, 0), (0, 0))}
-  assert conv.choose_impl("auto", **one) == "matmul"
-  assert conv.choose_impl("auto", **{**one, "groups": 2}) == "xla"
-  with conv.use_impl("xla"):
-    assert conv.choose_impl("auto", **one) == "xla"
-  with pytest.raises(ValueError, match="impl='matmul' needs a float32 1x1"):
-    conv.choose_impl("matmul", **kw)
-  assert conv.choose_impl("auto", **{**kw, "groups": 4}) == "xla"
-  assert conv.choose_impl("auto", **{**kw, "dtype": jnp.bfloat16}) == "xla"
-  with pytest.raises(ValueError, match="needs a float32 3x3 conv"):
-    conv.choose_impl("winograd", **{**kw, "kernel_size": (1, 1)})
-  with pytest.raises(ValueError, match="needs a float32 3x3 conv with stride 2"):
-    conv.choose_impl("im2col", **kw)
-  with pytest.raises(ValueError, match="unknown conv impl 'fast'"):
-    conv.choose_impl("fast", **kw)
+  assert conv.path(**one) == "matmul"
+  assert conv.path(**{**one, "strides": (2, 2), "padding": "VALID"}) == (
+      "matmul")
+  assert conv.path(**{**one, "groups": 2}) == "xla"
+  assert conv.path(**{**one, "strides": (1, 2)}) == "xla"
+  assert conv.path(**{**kw, "groups": 4}) == "xla"
+  assert conv.path(**{**kw, "dtype": jnp.bfloat16}) == "xla"
+  assert conv.path(**{**kw, "strides": (3, 3)}) == "xla"
+  assert conv.path(**{**kw, "kernel_size": (5, 5)}) == "xla"
