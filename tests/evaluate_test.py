@@ -111,7 +111,7 @@ def test_thresholds_do_not_depend_on_test_labels(run_dir, monkeypatch):
     splits["test"] = t.take(np.arange(len(t)), labels)
     return splits, idx
 
-  monkeypatch.setattr(evaluate.data_lib, "load_splits", scrambled)
+  monkeypatch.setattr(data_lib, "load_splits", scrambled)
   other = evaluate.evaluate_run(run_dir, policies=("max_prob",),
                                 budgets=(0.6,), trials=0, timing=False,
                                 plots=False)
