@@ -191,8 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     evaluate = _Evaluator(setup, writer)
     log = _TrainMetrics(config, setup.lr_fn, writer, lock, bar)
     with preemption.Preempted() as preempted:
-      state, done, stop = _loop(setup, state, start, save, evaluate, log,
-                                preempted, stop_after)
+      state, done, stop = _loop(setup, state, state_sh, start, save,
+                                evaluate, log, preempted, stop_after)
     results = {"stopped": done if stop else None,
                "steps": setup.total_steps, "checkpoint_step": done}
     if stop is None:
@@ -208,14 +208,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _loop(setup: Setup, state, start: int, save, evaluate, log, preempted,
-          stop_after: Optional[int]):
+def _loop(setup: Setup, state, state_sh, start: int, save, evaluate, log,
+          preempted, stop_after: Optional[int]):
   """Steps from `start` to the end or a stop; returns (state, steps done,
   None | "stop_after" | "preempted")."""
   config, total = setup.config, setup.total_steps
   mesh = setup.mesh
   repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  state_sh = jax.tree.map(lambda _: repl, setup.abstract)
   # The teacher is an argument of every step: replicated, never donated.
   teacher = sharding.put_replicated(setup.teacher, mesh)
   train_step = xla_options.jit(
