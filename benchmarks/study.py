@@ -163,6 +163,14 @@ def _save_logits(workdir: str, config) -> Dict[str, Any]:
                                                           variables))))}
 
 
+def task_config(task: Dict[str, Any]):
+  """The run's config (see `make_config`) from a task of `plan`."""
+  return make_config(task["data"], task["setting"], task["method"],
+                     task["seed"], task["epochs"],
+                     task.get("teacher_workdir"), task.get("model"),
+                     task.get("split_per_seed", True), task.get("overrides"))
+
+
 def run_one(task: Dict[str, Any], need_workdir: bool = False
             ) -> Dict[str, Any]:
   """Trains (or reads back) one (setting, method, seed); returns its record.
@@ -181,11 +189,7 @@ def run_one(task: Dict[str, Any], need_workdir: bool = False
                     task["seed"])
   rec["workdir"] = workdir
   try:
-    config = make_config(task["data"], task["setting"], task["method"],
-                         task["seed"], task["epochs"],
-                         task.get("teacher_workdir"), task.get("model"),
-                         task.get("split_per_seed", True),
-                         task.get("overrides"))
+    config = task_config(task)
     if not need_workdir:
       old = ledger_lib.read(task, config)
       if old is not None:
@@ -289,6 +293,11 @@ def plan(data: str, settings: Sequence[str], methods: Sequence[str],
   return tasks
 
 
+def in_ledger(task: Dict[str, Any]) -> bool:
+  """Whether the ledger holds a record of this task's exact config."""
+  return ledger_lib.read(task, task_config(task)) is not None
+
+
 def run_tasks(tasks: List[Dict], jobs: int, on_done) -> List[Dict]:
   """Runs tasks in order, `jobs` at a time (spawned processes if jobs > 1).
 
@@ -304,11 +313,12 @@ def run_tasks(tasks: List[Dict], jobs: int, on_done) -> List[Dict]:
   done_dirs, records, from_ledger = set(), [], set()
 
   def ensure_teacher(t):
-    """Retrains a teacher known only from the ledger (its checkpoint is
-    needed); deterministic, so the record is unchanged."""
+    """Retrains a teacher known only from the ledger when its student must
+    train (the student needs the checkpoint); deterministic, so the record
+    is unchanged. A student that is itself in the ledger needs no teacher."""
     w = t.get("teacher_workdir")
     if w in from_ledger and not os.path.exists(
-        os.path.join(w, "results.json")):
+        os.path.join(w, "results.json")) and not in_ledger(t):
       run_one(by_dir[w], need_workdir=True)
       from_ledger.discard(w)
 

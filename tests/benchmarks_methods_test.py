@@ -126,6 +126,29 @@ def test_plan_is_seed_major_and_waits_for_teachers(tmp_path, monkeypatch):
   assert order == ["ce", "erde"]
 
 
+def test_teacher_is_retrained_only_for_a_student_that_trains(
+    tmp_path, monkeypatch):
+  tasks = study.plan("digits", ["full"], ["erde"], [0], {}, str(tmp_path),
+                     with_kd=False)
+  teacher, student = tasks[0], tasks[2]
+  calls = []
+
+  def fake_run_one(t, need_workdir=False):
+    calls.append((t["method"], need_workdir))
+    return {"method": t["method"], "reused": "ledger"}
+
+  monkeypatch.setattr(study, "run_one", fake_run_one)
+  # Both known only from the ledger: the teacher's checkpoint is not needed.
+  monkeypatch.setattr(study, "in_ledger", lambda t: True)
+  study.run_tasks([teacher, student], 1, lambda r: None)
+  assert calls == [("ce", False), ("erde", False)]
+  # The student must train: its teacher is retrained first, for the weights.
+  calls.clear()
+  monkeypatch.setattr(study, "in_ledger", lambda t: t is not student)
+  study.run_tasks([teacher, student], 1, lambda r: None)
+  assert calls == [("ce", False), ("ce", True), ("erde", False)]
+
+
 @pytest.fixture
 def fast_compile():
   """Plumbing only: fast compiles (as flax's train_test.py does)."""
