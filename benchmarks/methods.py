@@ -87,6 +87,11 @@ PROTOCOLS = {
     "digits": dict(data="digits", settings=["full", "limited"],
                    methods=list(_ALL), seeds=["0", "1", "2", "3", "4"],
                    epochs=""),
+    # Budget control of the digits limited setting: CE and P&L at 2x the
+    # recipe's 200 epochs.
+    "digits_limited_2x": dict(
+        data="digits", settings=["limited"], methods=["ce", "pl"],
+        seeds=["0", "1", "2", "3", "4"], epochs="400", kd=False),
     # CI: every row and code path at a tiny budget.
     "smoke": dict(data="digits", settings=["full", "limited"],
                   methods=list(_ALL), seeds=["0", "1"], epochs="1",

@@ -229,7 +229,11 @@ def run_one(task: Dict[str, Any], need_workdir: bool = False
     run_curves = curves.of_run(rec)
     if run_curves is not None:
       rec["curves"] = run_curves
-    ledger_lib.write(task, config, rec)
+    if not (need_workdir and ledger_lib.read(task, config) is not None):
+      # A teacher retrained for its weights keeps its committed record: the
+      # table's other rows were paired with it, and a retrain on another
+      # machine or jax version is close to it, not bit-identical.
+      ledger_lib.write(task, config, rec)
   except Exception as e:  # pylint: disable=broad-except
     rec["error"] = f"{type(e).__name__}: {e}"
     print(f"[methods] {rec['setting']}/{rec['method']}/seed{rec['seed']} "
@@ -314,8 +318,9 @@ def run_tasks(tasks: List[Dict], jobs: int, on_done) -> List[Dict]:
 
   def ensure_teacher(t):
     """Retrains a teacher known only from the ledger when its student must
-    train (the student needs the checkpoint); deterministic, so the record
-    is unchanged. A student that is itself in the ledger needs no teacher."""
+    train (the student needs the checkpoint); the ledger keeps the teacher's
+    committed record. A student that is itself in the ledger needs no
+    teacher."""
     w = t.get("teacher_workdir")
     if w in from_ledger and not os.path.exists(
         os.path.join(w, "results.json")) and not in_ledger(t):
