@@ -152,6 +152,9 @@ CLAIMS = (
     dict(paper="SDN (Kaya et al.)", claim="the final exit is not hurt by "
          "the SDN weighting (margin 0.5 points)", setting="any",
          tests=[("sdn", "ce", "final", "no_loss")]),
+    dict(paper="IMTA (Li et al.)", claim="every exit gains over CE "
+         "(gradient equilibrium + one-for-all KD)", setting="any",
+         tests=[("imta", "ce", "all", "gain")]),
 )
 
 

@@ -13,9 +13,10 @@ DATA = ("digits", "fashion_mnist")
 STUDENT_METHODS = ("ce_student", "kd", "erde")
 TEACHER = "ce_teacher"
 ORDER = ("ce", "sdn", "byot", "pl", "pl_semisup", "pl_semisup_eqsteps",
-         "pl_const", "eed", "mate", TEACHER, "ce_student", "kd", "erde")
+         "pl_const", "eed", "mate", "imta", TEACHER, "ce_student", "kd",
+         "erde")
 ALL_METHODS = ("ce", "sdn", "byot", "pl", "pl_semisup", "pl_semisup_eqsteps",
-               "eed", "mate", "erde", "kd")
+               "eed", "mate", "imta", "erde", "kd")
 
 
 def expand_methods(methods: Sequence[str], setting: str,

@@ -183,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
   # --config.method=eed --config.loss.eed.temperature=4).
   c.method = "pl"
   c.loss = losses.default_config()
+  # Gradient equilibrium (IMTA; mexd.models.gradient) with any method:
+  # None = the method's default (on for imta, off otherwise).
+  c.gradient_equilibrium = ml_collections.config_dict.placeholder(bool)
   # Teacher run for teacher-student methods (ERDE, KD): its work directory.
   c.teacher_workdir = ml_collections.config_dict.placeholder(str)
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -53,9 +53,10 @@ def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
   """Builds the train step.
 
   The step: augments the batch on device with `fold_in(state.rng, step)`,
-  runs the teacher (if any, frozen), the model in train mode, the method's
-  loss, the optimizer, and the method's state update. A step whose loss or
-  gradients are not finite leaves parameters and state unchanged (except
+  runs the teacher (if any, frozen), the model in train mode (with gradient
+  equilibrium if `method.gradient_equilibrium`), the method's loss, the
+  optimizer, and the method's state update. A step whose loss or gradients
+  are not finite leaves parameters and state unchanged (except
   `step` and `skipped`), and its metrics say so ("nonfinite" = 1).
 
   Args (besides the preprocessing ones):
@@ -71,6 +72,10 @@ def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
   if method.needs_teacher and teacher_model is None:
     raise ValueError(f"method {method.name!r} learns from a teacher: pass "
                      "teacher_model")
+
+  # Only multi-exit models (mexd.models.base) take the GE switch.
+  ge_kwargs = ({"gradient_equilibrium": True} if method.gradient_equilibrium
+               else {})
 
   def train_step(state: TrainState, batch,
                  teacher: Optional[Dict[str, Any]] = None):
@@ -93,7 +98,7 @@ def make_train_step(*, model, method, tx, mean, std, crop_pad: int,
       (logits, aux), new_vars = model.apply(
           {"params": params["model"], "batch_stats": state.batch_stats},
           images, train=True, mutable=["batch_stats"],
-          rngs={"dropout": k_drop})
+          rngs={"dropout": k_drop}, **ge_kwargs)
       outputs = {"logits": logits, "features": aux["features"],
                  **outputs_extra}
       loss, metrics = method.loss_fn(

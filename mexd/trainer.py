@@ -55,10 +55,16 @@ from mexd.data import pipeline
 
 
 def build_method(config) -> losses.Method:
-  """The training objective named by `config.method`."""
+  """The training objective named by `config.method`, with gradient
+  equilibrium as `config.gradient_equilibrium` says (None: the method's
+  default)."""
   hparams = dict(config.loss.get(config.method, {})) if config.get(
       "loss") else {}
-  return losses.get_method(config.method, **hparams)
+  method = losses.get_method(config.method, **hparams)
+  ge = config.get("gradient_equilibrium")
+  if ge is not None:
+    method = dataclasses.replace(method, gradient_equilibrium=bool(ge))
+  return method
 
 
 def load_teacher(config, num_classes):

@@ -43,9 +43,10 @@ def _one_step(num_devices, method_name):
 
 
 @pytest.mark.slow
-def test_eight_devices_equal_one_device():
-  s1, m1 = _one_step(1, "pl")
-  s8, m8 = _one_step(8, "pl")
+@pytest.mark.parametrize("method", ["pl", "imta"])
+def test_eight_devices_equal_one_device(method):
+  s1, m1 = _one_step(1, method)
+  s8, m8 = _one_step(8, method)
   np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   # Parameters, batch-norm statistics (global-batch statistics), momentum.
   for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats, s1.opt_state)),

@@ -61,3 +61,46 @@ def test_all_finite():
     assert not bool(f(broken)), bad
   assert not bool(f({**tree, "c": jnp.float32(np.nan)}))
   assert bool(f({}))
+
+
+def test_gradient_equilibrium_changes_the_backbone_update_only():
+  """Same loss; the exit heads' updates are GE-invariant, the blocks' not."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mexd import models  # pylint: disable=g-import-not-at-top
+  from mexd import trainer  # pylint: disable=g-import-not-at-top
+  from mexd.configs import digits  # pylint: disable=g-import-not-at-top
+  model = models.get_model("digits_cnn", num_classes=10)
+  cfg = ml_collections.ConfigDict(dict(
+      name="sgd", lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+      schedule="constant"))
+  tx, _ = optim.make_optimizer(cfg, 10, 2)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 255, (8, 8, 8, 1), dtype=np.uint8),
+           "label": rng.integers(0, 10, (8,)).astype(np.int32)}
+  ce = losses.get_method("ce")
+  out = {}
+  for ge in (False, True):
+    method = dataclasses.replace(ce, gradient_equilibrium=ge)
+    state = state_lib.create(jax.random.PRNGKey(0), model=model,
+                             method=method, tx=tx, image_shape=(8, 8, 1))
+    step = jax.jit(steps.make_train_step(
+        model=model, method=method, tx=tx, mean=(0.5,), std=(0.25,),
+        crop_pad=0, flip=False, steps_per_epoch=10, num_epochs=2))
+    out[ge] = step(state, batch)
+  (s0, m0), (s1, m1) = out[False], out[True]
+  np.testing.assert_allclose(m0["loss"], m1["loss"], rtol=1e-6)
+  p0, p1 = s0.params["model"], s1.params["model"]
+  for k in range(3):
+    for a, b in zip(jax.tree.leaves(p0[f"heads_{k}"]),
+                    jax.tree.leaves(p1[f"heads_{k}"])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  diff = [float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(p0["blocks_0"]), jax.tree.leaves(p1["blocks_0"]))]
+  assert max(diff) > 1e-4, diff
+  # The config switch overrides the method's default, both ways.
+  config = digits.get_config("method=imta")
+  assert trainer.build_method(config).gradient_equilibrium
+  config.gradient_equilibrium = False
+  assert not trainer.build_method(config).gradient_equilibrium
+  config.method, config.gradient_equilibrium = "ce", True
+  assert trainer.build_method(config).gradient_equilibrium

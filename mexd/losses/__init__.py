@@ -13,6 +13,7 @@ from mexd.losses import baselines
 from mexd.losses import common
 from mexd.losses import eed
 from mexd.losses import erde
+from mexd.losses import imta
 from mexd.losses import mate
 from mexd.losses import phuong_lampert
 
@@ -28,6 +29,7 @@ _REGISTRY: Dict[str, Callable[..., Method]] = {
     "mate": mate.make_mate,
     "erde": erde.make_erde,
     "kd": erde.make_kd,
+    "imta": imta.make_imta,
 }
 
 

@@ -122,6 +122,9 @@ class Method:
     update_state: `(state, metrics) -> state`, applied after every step
       outside the gradient.
     needs_teacher: the train step must provide "teacher_logits".
+    gradient_equilibrium: the method's default for gradient equilibrium
+      (`mexd.models.gradient`; IMTA: on); `config.gradient_equilibrium`
+      overrides it.
   """
 
   name: str
@@ -131,6 +134,7 @@ class Method:
   update_state: Callable[[PyTree, Mapping[str, Array]], PyTree] = (
       lambda state, metrics: state)
   needs_teacher: bool = False
+  gradient_equilibrium: bool = False
 
 
 def combine(terms: Mapping[str, Array],

@@ -15,6 +15,11 @@ runs one stage with the same parameters, so early-exit inference can stop after
 any exit. Running all stages one by one equals the one-pass forward exactly,
 because `__call__` *is* the loop over `stage`.
 
+With `gradient_equilibrium=True` (IMTA, `mexd.models.gradient`) every stage
+boundary rescales the backward pass; `scale_exit_gradient` says which part of
+the state the head reads, `carry` what the next stage starts from (MSDNet
+with ISC carries the exit's logits along).
+
 Subclasses implement `setup()` to create two equally long sequences of
 submodules, `self.blocks` and `self.heads`, where
   block(h, train=...) -> h'
@@ -28,6 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mexd import errors
+from mexd.models import gradient
 
 Array = Any
 
@@ -43,7 +49,27 @@ class MultiExitModel(nn.Module):
   def num_exits(self) -> int:
     return len(self.blocks)
 
-  def stage(self, k: int, h: Array, *, train: bool = False):
+  @nn.nowrap
+  def scale_exit_gradient(self, h: Array, scale: float) -> Array:
+    """Gradient equilibrium's backward scaling of the state head k reads.
+
+    The default scales every leaf of `h`; a model whose heads read a part of
+    the state only (MSDNet: the coarsest scale) overrides it.
+    """
+    return gradient.scale_gradient(h, scale)
+
+  @nn.nowrap
+  def carry(self, h: Array, logits: Array) -> Array:
+    """The state stage k + 1 starts from, given stage k's state and logits.
+
+    The default is `h`; a model whose exits read the previous exit's
+    prediction (MSDNet with `isc`) carries the logits along.
+    """
+    del logits
+    return h
+
+  def stage(self, k: int, h: Array, *, train: bool = False,
+            gradient_equilibrium: bool = False):
     """Runs stage `k` (a Python int): block k, then exit head k.
 
     Args:
@@ -51,6 +77,8 @@ class MultiExitModel(nn.Module):
       h: the carried state: images [B, H, W, C_in] for k == 0, else the first
         output of `stage(k - 1, ...)` (any pytree of arrays).
       train: batch statistics and dropout in training mode.
+      gradient_equilibrium: rescale the backward pass at the stage boundary
+        (`mexd.models.gradient`); the forward values are unchanged.
 
     Returns:
       (h_k, logits [B, num_classes] float32, features [B, D] float32).
@@ -58,15 +86,24 @@ class MultiExitModel(nn.Module):
     if k == 0:
       h = jnp.asarray(h, self.dtype)
     h = self.blocks[k](h, train=train)
+    if gradient_equilibrium:
+      to_head, to_next = gradient.equilibrium_scales(k, self.num_exits)
+      h = self.scale_exit_gradient(h, to_head)
     logits, feats = self.heads[k](h, train=train)
+    if gradient_equilibrium:
+      h = self.scale_exit_gradient(h, to_next)
+    h = self.carry(h, logits)
     return h, logits.astype(jnp.float32), feats.astype(jnp.float32)
 
-  def __call__(self, images: Array, *, train: bool = False):
+  def __call__(self, images: Array, *, train: bool = False,
+               gradient_equilibrium: bool = False):
     """Runs every stage once.
 
     Args:
       images: [B, H, W, C_in] images (any float dtype).
       train: training mode (batch statistics, dropout).
+      gradient_equilibrium: GE's backward rescaling at every stage boundary
+        (Li et al., ICCV 2019; `mexd.models.gradient`).
 
     Returns:
       (logits [E, B, num_classes] float32, {"features": [E, B, D] float32}).
@@ -78,7 +115,8 @@ class MultiExitModel(nn.Module):
     h = images
     logits, feats = [], []
     for k in range(self.num_exits):
-      h, z, f = self.stage(k, h, train=train)
+      h, z, f = self.stage(k, h, train=train,
+                           gradient_equilibrium=gradient_equilibrium)
       logits.append(z)
       feats.append(f)
     return jnp.stack(logits), {"features": jnp.stack(feats)}

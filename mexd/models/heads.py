@@ -32,10 +32,12 @@ Head kinds (`make_head(kind, ...)`), for an exit map h: [B, H, W, K]:
   Dropout(0.5)] x len(hidden) -> Dense(C); feature = pooled [B, D] vector.
 * "msdnet" (`MsdHead`, Huang et al. / Phuong & Lampert): ConvBNReLU 3x3 s2
   (-> width) -> ConvBNReLU 3x3 s2 -> AvgPool 2 -> global mean -> Dense(C);
-  feature = the [B, width] pooled vector.
+  feature = the [B, width] pooled vector. With IMTA's inline subnetwork
+  collaboration (`MSDNet(isc=True)`) the Dense also reads a projection of
+  the previous exit's logits.
 """
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -237,8 +239,13 @@ class MsdHead(nn.Module):
   norm: ModuleDef = layers.FLAX.norm
 
   @nn.compact
-  def __call__(self, h: Array, *, train: bool = False):
-    """h: [B, H, W, K] (8 x 8 for CIFAR) -> (logits [B, C], feats [B, D])."""
+  def __call__(self, h: Array, *, train: bool = False,
+               extra: Optional[Array] = None):
+    """h: [B, H, W, K] (8 x 8 for CIFAR) -> (logits [B, C], feats [B, D]).
+
+    `extra` [B, D'] (IMTA's inline subnetwork collaboration) is concatenated
+    to the pooled features before the classifier; feats stay [B, D].
+    """
     x = h
     for i in range(2):
       x = layers.conv(self.conv, self.width, 3, 2, self.dtype, f"conv{i}")(x)
@@ -247,7 +254,9 @@ class MsdHead(nn.Module):
     win = tuple(min(2, s) for s in x.shape[1:3])
     x = nn.avg_pool(x, win, strides=win, padding="VALID")
     f = jnp.mean(x, axis=(1, 2))  # [B, width]; 1 x 1 at 32 x 32 inputs
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(f)
+    x = f if extra is None else jnp.concatenate(
+        [f, extra.astype(f.dtype)], axis=-1)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(x)
     return logits, f
 
 

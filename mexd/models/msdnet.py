@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from mexd import errors
 from mexd.models import base
 from mexd.models import blocknet
+from mexd.models import gradient
 from mexd.models import heads
 from mexd.models import layers
 
@@ -193,6 +194,51 @@ class CoarsestScale(nn.Module):
     return self.head(xs[-1], train=train)
 
 
+class IscBlock(nn.Module):
+  """A stage of an MSDNet with ISC: (scales, z_prev) -> (block(scales), z_prev).
+
+  Stage 0 receives the images and starts the carry with z_prev = None.
+  """
+
+  block: nn.Module
+
+  def __call__(self, h, *, train: bool = False):
+    xs, z_prev = h if isinstance(h, tuple) else (h, None)
+    return self.block(xs, train=train), z_prev
+
+
+class IscExit(nn.Module):
+  """IMTA's inline subnetwork collaboration (ISC) at one MSDNet exit.
+
+  Exit k > 0 classifies the concatenation of its own pooled features f_k and
+  ReLU(BN(Dense(width)(z_{k-1}))), a projection of the previous exit's
+  logits; exit 0 is a plain `heads.MsdHead` (Li et al., ICCV 2019, §3.3;
+  docs/methods.md §9).
+
+  Attributes:
+    head: the exit's `heads.MsdHead`.
+    width: width of the projection of z_{k-1} (the authors: the exit width).
+    dtype: compute dtype.
+    norm: the batch-norm class (`mexd.models.layers`).
+  """
+
+  head: nn.Module
+  width: int
+  dtype: Any = jnp.float32
+  norm: ModuleDef = layers.FLAX.norm
+
+  @nn.compact
+  def __call__(self, h, *, train: bool = False):
+    """h: (scales, z_prev [B, C] or None) -> (logits [B, C], feats [B, D])."""
+    xs, z_prev = h
+    if z_prev is None:
+      return self.head(xs[-1], train=train)
+    t = nn.Dense(self.width, dtype=self.dtype, name="proj")(
+        z_prev.astype(self.dtype))
+    t = nn.relu(layers.batch_norm(self.norm, train, self.dtype, "proj_bn")(t))
+    return self.head(xs[-1], train=train, extra=t)
+
+
 class MSDNet(base.MultiExitModel):
   """Multi-exit MSDNet (defaults: Phuong & Lampert's CIFAR-100 network).
 
@@ -204,7 +250,10 @@ class MSDNet(base.MultiExitModel):
     exit_width: width of the exit convs; D = exit_width for every head kind.
     imagenet: 7x7 s2 + maxpool first layer (224 inputs) instead of 3x3.
     head: "msdnet" (default), "sdn", "erde" or "erde_window", applied to the
-      coarsest scale at every exit (the last exit included). "byot" and
+      coarsest scale at every exit (the last exit included).
+    isc: IMTA's inline subnetwork collaboration (`IscExit`; head "msdnet"
+      only): exit k > 0 also reads the logits of exit k - 1, which the
+      carried state then holds: (scales, z_{k-1}). "byot" and
       "byot_sep" are not offered: their conv path targets a final-stage map,
       which MSDNet lacks.
     dtype: compute dtype; parameters are float32.
@@ -226,9 +275,22 @@ class MSDNet(base.MultiExitModel):
   btneck_widths: Sequence[int] = (4, 4, 4)
   imagenet: bool = False
   head: str = "msdnet"
+  isc: bool = False
   dtype: Any = jnp.float32
   conv: ModuleDef = layers.FLAX.conv
   norm: ModuleDef = layers.FLAX.norm
+
+  @nn.nowrap
+  def scale_exit_gradient(self, h, scale: float):
+    """GE scales the coarsest scale only: the one the exit head reads."""
+    xs, z_prev = h if self.isc else (h, None)
+    xs = list(xs[:-1]) + [gradient.scale_gradient(xs[-1], scale)]
+    return (xs, z_prev) if self.isc else xs
+
+  @nn.nowrap
+  def carry(self, h, logits):
+    """With ISC the next stage carries this exit's logits along."""
+    return (h[0], logits) if self.isc else h
 
   @nn.nowrap
   def layout(self) -> Tuple[list, list, tuple]:
@@ -244,6 +306,10 @@ class MSDNet(base.MultiExitModel):
       raise errors.InputError(
           f"unknown head kind {self.head!r} for MSDNet; valid: "
           f"{', '.join(kinds_ok)}")
+    if self.isc and self.head != "msdnet":
+      raise errors.InputError(
+          f"isc (IMTA's inline subnetwork collaboration) needs head "
+          f"'msdnet', got {self.head!r}")
     planes, kinds, ends = self.layout()
     kw = dict(dtype=self.dtype, conv=self.conv, norm=self.norm)
     blocks, exit_heads, start = [], [], 0
@@ -259,7 +325,7 @@ class MSDNet(base.MultiExitModel):
                                     parent=None))
         else:
           cols.append(MsdTransition(planes[c], **kw, parent=None))
-      blocks.append(blocknet.Stage(tuple(cols), parent=None))
+      block = blocknet.Stage(tuple(cols), parent=None)
       start = e + 1
       if self.head == "msdnet":
         h = heads.MsdHead(self.num_classes, self.exit_width, **kw,
@@ -267,6 +333,12 @@ class MSDNet(base.MultiExitModel):
       else:
         h = heads.make_head(self.head, num_classes=self.num_classes,
                             features=self.exit_width, **kw)
-      exit_heads.append(CoarsestScale(h, parent=None))
+      if self.isc:
+        blocks.append(IscBlock(block, parent=None))
+        exit_heads.append(IscExit(h, self.exit_width, self.dtype, self.norm,
+                                  parent=None))
+      else:
+        blocks.append(block)
+        exit_heads.append(CoarsestScale(h, parent=None))
     self.blocks = blocks
     self.heads = exit_heads

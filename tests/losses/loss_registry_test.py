@@ -14,7 +14,8 @@ from mexd.losses import erde
 from mexd.losses import mate
 from mexd.losses import phuong_lampert
 
-ALL = ["byot", "ce", "eed", "erde", "kd", "mate", "pl", "pl_const", "sdn"]
+ALL = ["byot", "ce", "eed", "erde", "imta", "kd", "mate", "pl", "pl_const",
+       "sdn"]
 
 
 def test_every_method_is_registered():
@@ -23,7 +24,7 @@ def test_every_method_is_registered():
 
 def test_unknown_name_lists_valid_names():
   with pytest.raises(ValueError, match="unknown method 'dbt'; valid names: "
-                     "byot, ce, eed, erde, kd, mate, pl, pl_const, sdn"):
+                     "byot, ce, eed, erde, imta, kd, mate, pl, pl_const, sdn"):
     losses.get_method("dbt")
 
 
@@ -70,6 +71,7 @@ def test_defaults_match_methods_md():
     method = losses.get_method(name)
     assert method.name == name
     assert method.needs_teacher == (name in ("erde", "kd"))
+    assert method.gradient_equilibrium == (name == "imta")
   defaults = {
       "sdn": dict(tau_max=None),
       "byot": dict(alpha=0.3, temperature=3.0, feature_weight=0.03),
@@ -78,6 +80,7 @@ def test_defaults_match_methods_md():
       "mate": dict(temperature=3.0, beta=0.7),
       "erde": dict(temperature=4.0, alpha=0.5, gamma=1.0, kl_on_wrong=False),
       "kd": dict(temperature=4.0, alpha=0.5),
+      "imta": dict(temperature=3.0, gamma=0.9, class_mean=True),
   }
   registry = losses._REGISTRY  # pylint: disable=protected-access
   for name, want in defaults.items():
