@@ -12,6 +12,10 @@ from typing import Any, Dict, List, Optional
 
 from mexd import workdir as workdir_lib
 
+# Config fields that name a run directory of this machine; the runs they
+# name are themselves ledger runs of a fixed config.
+MACHINE_PATHS = ("teacher_workdir", "init_workdir")
+
 
 def record_path(task: Dict[str, Any]) -> Optional[str]:
   """`<ledger>/<setting>/<method>/seed<k>.json`, or None without a ledger."""
@@ -28,14 +32,13 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> List[str]:
   recorded, which by convention default to the earlier behaviour) and unset
   (None) values are ignored; so are the fields a resumed run may change
   (mexd.workdir's resumable fields, e.g. the progress bar) and the teacher's
-  work-directory path (machine-specific; the teacher is itself a ledger run
-  of a fixed config).
+  and the warm start's work-directory paths (MACHINE_PATHS).
   """
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for k, v in old.items():
       if v is None or (not prefix and (k in workdir_lib.RESUMABLE_FIELDS
-                                       or k == "teacher_workdir")):
+                                       or k in MACHINE_PATHS)):
         continue
       out += config_diff(v, new.get(k), f"{prefix}{k}.")
     return out

@@ -2,9 +2,11 @@
 
 A row is a `mexd.losses` method name or one of the study's own variants:
 pl_semisup and pl_semisup_eqsteps (P&L that also distils on the unlabeled
-pool), ce_teacher (the CE teacher of erde / kd at its own budget) and
+pool), ce_teacher (the CE teacher of erde / kd at its own budget),
 ce_student (the student network trained with CE, the baseline of erde and
-kd). See benchmarks/methods.py.
+kd), ce_ge (CE with gradient equilibrium: IMTA's first stage) and imta2
+(IMTA's second stage, from the same seed's ce_ge run). See
+benchmarks/methods.py.
 """
 
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -13,10 +15,13 @@ DATA = ("digits", "fashion_mnist")
 STUDENT_METHODS = ("ce_student", "kd", "erde")
 TEACHER = "ce_teacher"
 ORDER = ("ce", "sdn", "byot", "pl", "pl_semisup", "pl_semisup_eqsteps",
-         "pl_const", "eed", "mate", "imta", TEACHER, "ce_student", "kd",
-         "erde")
+         "pl_const", "eed", "mate", "imta", "ce_ge", "imta2", TEACHER,
+         "ce_student", "kd", "erde")
 ALL_METHODS = ("ce", "sdn", "byot", "pl", "pl_semisup", "pl_semisup_eqsteps",
-               "eed", "mate", "imta", "erde", "kd")
+               "eed", "mate", "imta", "ce_ge", "imta2", "erde", "kd")
+# Rows trained from another row's run of the same seed (its weights and
+# final exit): row -> that row.
+STAGE_OF = {"imta2": "ce_ge"}
 
 
 def expand_methods(methods: Sequence[str], setting: str,
@@ -29,6 +34,7 @@ def expand_methods(methods: Sequence[str], setting: str,
           if not (m.startswith("pl_semisup") and setting == "full")]
   if "erde" in rows or "kd" in rows:
     rows += ["ce_student"] + (["kd"] if with_kd else [])
+  rows += [STAGE_OF[m] for m in rows if m in STAGE_OF]
   return sorted(dict.fromkeys(rows), key=order_key)
 
 

@@ -28,6 +28,7 @@ from mexd import predict
 from mexd import sharding
 from mexd import train
 from mexd import workdir as workdir_lib
+from mexd.losses import imta
 from mexd.models import costs
 
 
@@ -88,7 +89,7 @@ def make_config(data: str, setting: str, method: str, seed: int,
   limited = setting == "limited"
   student = method in rows_lib.STUDENT_METHODS
   mexd_method = {"pl_semisup": "pl", "pl_semisup_eqsteps": "pl",
-                 "ce_student": "ce",
+                 "ce_student": "ce", "ce_ge": "ce", "imta2": "imta",
                  rows_lib.TEACHER: "ce"}.get(method, method)
   semisup = method.startswith("pl_semisup")
   if semisup and not limited:
@@ -121,6 +122,12 @@ def make_config(data: str, setting: str, method: str, seed: int,
   c.num_devices = 1
   if mexd_method in ("erde", "kd"):
     c.teacher_workdir = teacher_workdir
+  if method == "ce_ge":
+    c.gradient_equilibrium = True
+  if method == "imta2":  # Classifiers on the frozen first-stage network.
+    c.loss.imta.target = "teacher"
+    c.teacher_workdir = c.init_workdir = teacher_workdir
+    c.optimizer.trainable = imta.CLASSIFIERS
   return c
 
 
@@ -293,6 +300,9 @@ def plan(data: str, settings: Sequence[str], methods: Sequence[str],
           t_seed = seed if teacher_seed is None or teacher == "ce" else (
               teacher_seed)
           task["teacher_workdir"] = run_dir(workroot, setting, teacher, t_seed)
+        if method in rows_lib.STAGE_OF:
+          task["teacher_workdir"] = run_dir(
+              workroot, setting, rows_lib.STAGE_OF[method], seed)
         tasks.append(task)
   return tasks
 

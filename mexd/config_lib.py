@@ -186,11 +186,17 @@ def base_config() -> ml_collections.ConfigDict:
   # Gradient equilibrium (IMTA; mexd.models.gradient) with any method:
   # None = the method's default (on for imta, off otherwise).
   c.gradient_equilibrium = ml_collections.config_dict.placeholder(bool)
+  # Start from a finished run's weights (every parameter and batch statistic
+  # whose path and shape match; IMTA's second stage), not from random init.
+  c.init_workdir = ml_collections.config_dict.placeholder(str)
   # Teacher run for teacher-student methods (ERDE, KD): its work directory.
   c.teacher_workdir = ml_collections.config_dict.placeholder(str)
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-      schedule="cosine", warmup_epochs=0.0, milestones=(), gamma=0.1))
+      schedule="cosine", warmup_epochs=0.0, milestones=(), gamma=0.1,
+      # A regex: only parameters whose path ("model/heads_0/out/kernel")
+      # matches are trained (None: all).
+      trainable=ml_collections.config_dict.placeholder(str)))
   c.batch_size = 64
   c.eval_batch_size = 256
   c.num_epochs = 30

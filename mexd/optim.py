@@ -4,8 +4,12 @@
 transformation for params {"model": ..., "method": ...}: weight decay applies
 to the model's kernels only (not to biases, batch-norm scales or the method's
 parameters such as MATE's teacher weights), as in the PyTorch recipes'
-`weight_decay` applied inside SGD (coupled L2).
+`weight_decay` applied inside SGD (coupled L2). With `cfg.trainable` (a
+regular expression) only the parameters whose path matches are trained; the
+others get zero updates, no weight decay and no optimizer state.
 """
+
+import re
 
 import jax
 import optax
@@ -46,15 +50,50 @@ def _decay_mask(params):
   return mask
 
 
+def param_path(keypath) -> str:
+  """"model/heads_0/out/kernel" for a pytree key path of the params."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k)))
+                  for k in keypath)
+
+
+def freeze_except(tx: optax.GradientTransformation,
+                  pattern: str) -> optax.GradientTransformation:
+  """`tx` for the parameters whose path matches `pattern` (`re.search` on
+  `param_path`), zero updates for the others.
+
+  Raises:
+    InputError: (when the optimizer is initialised) no parameter matches.
+  """
+  regex = re.compile(pattern)
+
+  def labels(params):
+    out = jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if regex.search(param_path(path))
+        else "freeze", params)
+    if "train" not in jax.tree.leaves(out):
+      first = jax.tree_util.tree_flatten_with_path(params)[0][0][0]
+      raise errors.InputError(
+          f"optimizer.trainable={pattern!r} matches no parameter; paths "
+          f"look like {param_path(first)!r}")
+    return out
+
+  return optax.multi_transform(
+      {"train": tx, "freeze": optax.set_to_zero()}, labels)
+
+
 def make_optimizer(cfg, steps_per_epoch: int, num_epochs: int):
-  """The optax optimizer named by cfg.name ("sgd", "adamw")."""
+  """The optax optimizer named by cfg.name ("sgd", "adamw"), restricted to
+  the parameters matching cfg.trainable if set."""
   lr = make_schedule(cfg, steps_per_epoch, num_epochs)
   if cfg.name == "sgd":
-    return optax.chain(
+    tx = optax.chain(
         optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
-        optax.sgd(lr, momentum=cfg.momentum or None,
-                  nesterov=cfg.nesterov)), lr
-  if cfg.name == "adamw":
-    return optax.adamw(lr, weight_decay=cfg.weight_decay,
-                       mask=_decay_mask), lr
-  raise errors.InputError(f"unknown optimizer {cfg.name!r}; valid: sgd, adamw")
+        optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  elif cfg.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=cfg.weight_decay, mask=_decay_mask)
+  else:
+    raise errors.InputError(
+        f"unknown optimizer {cfg.name!r}; valid: sgd, adamw")
+  if cfg.get("trainable"):
+    tx = freeze_except(tx, cfg.trainable)
+  return tx, lr

@@ -9,11 +9,13 @@ state: it is read from its own run's work directory at start and passed to
 the step as a separate argument (`mexd.steps.make_train_step`).
 """
 
-from typing import Any
+from typing import Any, Dict, List, Tuple
 
 import flax.struct
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -61,3 +63,35 @@ def create(rng, *, model, method, tx, image_shape):
       opt_state=tx.init(params), method_state=method.init_state(),
       rng=rng_loop,
       skipped=jnp.zeros((), jnp.int32))
+
+
+def warm_start(state: TrainState, variables: Dict[str, Any]
+               ) -> Tuple[TrainState, List[str], List[str]]:
+  """Copies a finished run's weights into a fresh state (`config.init_workdir`).
+
+  Every model parameter and batch statistic whose path and shape match a
+  leaf of `variables` ({"params", "batch_stats"}, host arrays) is replaced,
+  on the state leaf's sharding; the others (e.g. layers the new model adds)
+  keep their initialisation. Optimizer and method state are untouched.
+
+  Returns:
+    (state, copied paths, kept paths), paths like "params/heads_0/out/kernel".
+  """
+  copied, kept = [], []
+
+  def merge(kind, dst):
+    src = traverse_util.flatten_dict(variables.get(kind, {}), sep="/")
+    out = {}
+    for k, v in traverse_util.flatten_dict(dst, sep="/").items():
+      s = src.get(k)
+      if s is not None and tuple(np.shape(s)) == tuple(v.shape):
+        out[k] = jax.device_put(np.asarray(s, v.dtype), v.sharding)
+        copied.append(f"{kind}/{k}")
+      else:
+        out[k] = v
+        kept.append(f"{kind}/{k}")
+    return traverse_util.unflatten_dict(out, sep="/") if out else dst
+
+  params = dict(state.params, model=merge("params", state.params["model"]))
+  batch_stats = merge("batch_stats", state.batch_stats)
+  return state.replace(params=params, batch_stats=batch_stats), copied, kept

@@ -101,6 +101,7 @@ class Setup:
   init_fn: Callable[[jax.Array], state_lib.TrainState]
   abstract: state_lib.TrainState
   step_fn: Callable[..., Any]
+  warm: Optional[Dict[str, Any]] = None
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
@@ -141,9 +142,11 @@ def build(config: ml_collections.ConfigDict) -> Setup:
                                     jnp.uint8),
       "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)},
                  teacher)
+  warm = (workdir_lib.load_variables(config.init_workdir)
+          if config.get("init_workdir") else None)
   return Setup(config, splits, split_idx, model, mesh, batches, teacher,
                steps_per_epoch * config.num_epochs, lr_fn, dtype, init_fn,
-               abstract, step_fn)
+               abstract, step_fn, warm=warm)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -278,8 +281,9 @@ def _restore_or_init(setup: Setup, manager, state_sh):
   restored = checkpoint.restore_latest(
       manager, checkpoint.abstract_like(setup.abstract, state_sh))
   if restored is None:
-    return jax.jit(setup.init_fn, out_shardings=state_sh)(
+    state = jax.jit(setup.init_fn, out_shardings=state_sh)(
         jax.random.PRNGKey(setup.config.seed))
+    return _warm_start(setup, state)
   if restored.unreadable:  # Written again from the older step.
     bad = [s for s, _ in restored.unreadable]
     aside = checkpoint.set_aside(manager, bad)
@@ -289,6 +293,23 @@ def _restore_or_init(setup: Setup, manager, state_sh):
             f"{restored.step} and writing them again (the damaged ones "
             f"are in {aside})", file=sys.stderr, flush=True)
   return restored.state
+
+
+def _warm_start(setup: Setup, state):
+  """A fresh state with config.init_workdir's matching weights, if set."""
+  if setup.warm is None:
+    return state
+  state, copied, kept = state_lib.warm_start(state, setup.warm)
+  if not any(c.startswith("params/") for c in copied):
+    raise errors.InputError(
+        f"config.init_workdir={setup.config.init_workdir!r}: no parameter "
+        "of that run matches this model (path and shape)")
+  if jax.process_index() == 0:
+    print(f"mexd.train: {len(copied)} arrays from "
+          f"{setup.config.init_workdir}; {len(kept)} keep their "
+          f"initialisation{': ' + ', '.join(kept[:6]) if kept else ''}"
+          f"{' ...' if len(kept) > 6 else ''}", file=sys.stderr, flush=True)
+  return state
 
 
 class _Saver:

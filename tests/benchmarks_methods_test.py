@@ -18,6 +18,7 @@ from benchmarks import study
 from benchmarks import tables
 from mexd import config_lib
 from mexd import train
+from mexd.losses import imta
 
 
 def test_aggregate_hand_numbers():
@@ -124,6 +125,22 @@ def test_plan_is_seed_major_and_waits_for_teachers(tmp_path, monkeypatch):
   # erde first in the list still runs after its teacher.
   study.run_tasks([tasks[2], tasks[0]], 1, lambda r: None)
   assert order == ["ce", "erde"]
+
+
+def test_imta_second_stage_starts_from_its_first_stage(tmp_path):
+  tasks = study.plan("digits", ["limited"], ["imta2"], [0], {},
+                     str(tmp_path))
+  assert [t["method"] for t in tasks] == ["ce_ge", "imta2"]
+  stage1 = study.run_dir(str(tmp_path), "limited", "ce_ge", 0)
+  assert tasks[1]["teacher_workdir"] == stage1
+  c1, c2 = (study.task_config(t) for t in tasks)
+  assert c1.method == "ce" and c1.gradient_equilibrium
+  assert c2.method == "imta" and c2.loss.imta.target == "teacher"
+  assert c2.teacher_workdir == c2.init_workdir == stage1
+  assert c2.optimizer.trainable == imta.CLASSIFIERS
+  # The run paths are machine-specific: not part of a ledger match.
+  assert ledger.config_diff({"init_workdir": "/m1/a"},
+                            {"init_workdir": "/m2/a"}) == []
 
 
 def test_teacher_is_retrained_only_for_a_student_that_trains(

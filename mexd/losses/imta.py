@@ -13,6 +13,11 @@ with `t = sg(softmax(z_{E-1} / T))` and s = C when `class_mean` (the authors'
 `nn.KLDivLoss()` averages over batch *and* classes), else s = 1. The method
 switches gradient equilibrium on by default (`Method.gradient_equilibrium`;
 `config.gradient_equilibrium` overrides it).
+
+`target="teacher"` is the authors' second training stage: the soft target is
+the final exit of a frozen teacher run (the first stage, `teacher_logits`),
+the model starts from that run's weights (`config.init_workdir`) and trains
+its classifiers only (`config.optimizer.trainable = CLASSIFIERS`).
 """
 
 import math
@@ -25,14 +30,22 @@ from mexd.losses import common
 
 Array = jax.Array
 
+# The parameters IMTA's second stage trains: every exit's final Dense ("out")
+# and the ISC projection (MSDNet), paths as `mexd.optim.param_path`.
+CLASSIFIERS = r"^model/heads_\d+/(.+/)?(out|proj|proj_bn)/"
+TARGETS = ("self", "teacher")
+
 
 def imta_loss(logits: Array, labels: Array, *, temperature: float = 3.0,
-              gamma: float = 0.9, class_mean: bool = True):
+              gamma: float = 0.9, class_mean: bool = True,
+              teacher_logits: Array | None = None):
   """IMTA's KD loss for one batch.
 
   Args:
     logits: [E, B, C] exit logits, deepest last.
     labels: [B] int labels (-1 = unlabeled: no CE).
+    teacher_logits: [E', B, C] of a frozen teacher whose final exit is the
+      soft target; None: the model's own final exit.
     temperature: T > 0.
     gamma: the distillation weight g in [0, 1].
     class_mean: divide the KL by C (the authors' element-wise mean).
@@ -48,7 +61,8 @@ def imta_loss(logits: Array, labels: Array, *, temperature: float = 3.0,
     2.7726
   """
   num_exits, num_classes = logits.shape[0], logits.shape[-1]
-  teacher = jax.lax.stop_gradient(logits[-1])
+  teacher = jax.lax.stop_gradient(
+      logits[-1] if teacher_logits is None else teacher_logits[-1])
   ce = common.ce_per_exit(logits, labels)                          # [E]
   kd = jnp.mean(common.kl_per_example(teacher[None], logits[:-1],
                                       temperature), axis=-1)       # [E-1]
@@ -63,17 +77,28 @@ def imta_loss(logits: Array, labels: Array, *, temperature: float = 3.0,
 
 
 def make_imta(*, temperature: float = 3.0, gamma: float = 0.9,
-              class_mean: bool = True) -> common.Method:
-  """IMTA: one-for-all KD from the final exit, with gradient equilibrium."""
+              class_mean: bool = True, target: str = "self") -> common.Method:
+  """IMTA: one-for-all KD from the final exit, with gradient equilibrium.
+
+  target: "self" (the model's own final exit, one training stage) or
+  "teacher" (a frozen first-stage run's final exit; needs a teacher).
+  """
   if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
           and temperature > 0):
     raise errors.InputError(f"temperature must be > 0, got {temperature}")
   if not 0.0 <= gamma <= 1.0:
     raise errors.InputError(f"gamma must be in [0, 1], got {gamma}")
+  if target not in TARGETS:
+    raise errors.InputError(f"unknown target {target!r}; valid: "
+                            f"{', '.join(TARGETS)}")
+  from_teacher = target == "teacher"
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress
     return imta_loss(outputs["logits"], labels, temperature=temperature,
-                     gamma=gamma, class_mean=class_mean)
+                     gamma=gamma, class_mean=class_mean,
+                     teacher_logits=(outputs["teacher_logits"] if from_teacher
+                                     else None))
 
-  return common.Method("imta", loss_fn, gradient_equilibrium=True)
+  return common.Method("imta", loss_fn, needs_teacher=from_teacher,
+                       gradient_equilibrium=True)

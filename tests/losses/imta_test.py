@@ -64,3 +64,20 @@ def test_final_exit_gets_ce_only_and_no_teacher_gradient():
 def test_out_of_range_hparams(hp, match):
   with pytest.raises(ValueError, match=match):
     losses.get_method("imta", **hp)
+
+
+def test_second_stage_distils_from_the_teachers_final_exit():
+  z, _, y = ref.problems(2, 3, 6, 5)
+  zt = np.random.default_rng(3).standard_normal((2,) + z.shape[2:])
+  zt = zt.astype(np.float32)  # A 2-exit teacher: only its final exit counts.
+  method = losses.get_method("imta", target="teacher", temperature=2.0)
+  assert method.needs_teacher and method.gradient_equilibrium
+  loss, m = method.loss_fn({"logits": z[0], "teacher_logits": zt}, y[0],
+                           params={}, state={}, progress=1.0)
+  want = ref.ce(z[0, -1], y[0]) + sum(
+      0.1 * ref.ce(z[0, i], y[0])
+      + 0.9 * 4.0 * np.mean(ref.kl(zt[-1], z[0, i], 2.0)) / 5
+      for i in range(2))
+  ref.close(loss, want)
+  with pytest.raises(ValueError, match="unknown target 'ensemble'"):
+    losses.get_method("imta", target="ensemble")
