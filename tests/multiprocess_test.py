@@ -18,6 +18,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
+import helpers
 from mexd.configs import digits
 from mexd import train
 from mexd import workdir as workdir_lib
@@ -79,12 +80,11 @@ def reference(tmp_path_factory):
   return workdir_lib.load_variables(str(workdir))
 
 
-def _assert_close(actual, expected, atol=1e-5):
+def _assert_close(actual, expected):
   paths = jax.tree_util.tree_leaves_with_path(expected)
   assert jax.tree.structure(actual) == jax.tree.structure(expected)
   for (path, e), a in zip(paths, jax.tree.leaves(actual)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=atol,
-                               rtol=0, err_msg=jax.tree_util.keystr(path))
+    helpers.assert_close_norm(a, e, jax.tree_util.keystr(path))
 
 
 def _run_launcher(args, timeout):
