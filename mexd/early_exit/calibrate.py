@@ -20,12 +20,15 @@ below evaluates all distinct lambdas exactly in O(EN log EN).
 """
 
 from typing import Any, Dict, NamedTuple, Optional, Sequence
-import warnings
 
 import numpy as np
 
 from mexd import errors
+from mexd.early_exit import bounds
+from mexd.early_exit import certify
 from mexd.early_exit import policies
+from mexd.early_exit import rules
+from mexd.early_exit.rules import Calibration, default_lambdas  # pylint: disable=unused-import
 # The Learn-then-Test statistics, importable from here as well.
 from mexd.early_exit.ltt import (CertificationWarning, binom_cdf,  # pylint: disable=unused-import
                                  hb_pvalue, ltt_min_eps, ltt_min_n, ltt_note)
@@ -34,49 +37,6 @@ Array = Any
 
 # docs/methods.md §6.2: p = j / 20, j = 1..40.
 DEFAULT_PS = tuple(j / 20 for j in range(1, 41))
-
-
-class Calibration(NamedTuple):
-  """Thresholds chosen on validation and their validation metrics.
-
-  Attributes:
-    thresholds: [E] float32, last entry -inf.
-    val_accuracy: accuracy of the rule on the validation set.
-    val_avg_cost: mean cumulative cost of the exit taken, on validation.
-    family: "shared" (one lambda) or "geometric" (MSDNet p).
-    param: lambda or p.
-    info: extras (e.g. LTT p-values).
-  """
-  thresholds: np.ndarray
-  val_accuracy: float
-  val_avg_cost: float
-  family: str
-  param: float
-  info: Dict[str, Any]
-
-
-def _scores(logits, policy) -> np.ndarray:
-  """[E, N, C] -> float32 scores [E, N] (NumPy), as `simulate` sees them."""
-  return np.asarray(policies.scores(np.asarray(logits), policy), np.float32)
-
-
-def _prepare(logits, policy, exit_costs=None):
-  """-> scores [E, N] f32, argmax [E, N], costs [E] f64 (NumPy)."""
-  logits = np.asarray(logits)
-  s = _scores(logits, policy)
-  costs = np.asarray(policies.default_costs(logits.shape[0])
-                     if exit_costs is None else exit_costs, np.float64)
-  if costs.shape != (logits.shape[0],):
-    raise errors.InputError(f"exit_costs {costs.shape} must have E = "
-                            f"{logits.shape[0]} entries")
-  return s, np.argmax(logits, -1), costs
-
-
-def _exits(s: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-  """NumPy twin of `policies.exit_index`: [E, N], [E] -> [N]."""
-  ok = s >= np.asarray(thresholds, np.float32)[:, None]
-  ok[-1] = True
-  return np.argmax(ok, axis=0)
 
 
 def _avg_cost(counts: np.ndarray, costs: np.ndarray) -> np.ndarray:
@@ -90,7 +50,7 @@ def _avg_cost(counts: np.ndarray, costs: np.ndarray) -> np.ndarray:
 
 def _evaluate(s, correct, costs, thresholds):
   """(accuracy, avg cost) of one threshold vector on precomputed arrays."""
-  ex = _exits(s, thresholds)
+  ex = rules.exits(s, thresholds)
   counts = np.bincount(ex, minlength=s.shape[0]).astype(np.float64)
   return float(correct[ex, np.arange(s.shape[1])].mean()), float(
       _avg_cost(counts, costs))
@@ -125,17 +85,15 @@ def _sweep(s: np.ndarray, values: np.ndarray):
   return lambdas.astype(np.float32), cum[:, idx]
 
 
-def _shared_table(s, correct, costs, extra=None):
-  """Accuracy [T], avg cost [T] (+ extra sums) of every shared lambda."""
+def _shared_table(s, correct, costs):
+  """Accuracy [T], avg cost [T] of every shared lambda."""
   num_exits, n = s.shape
   onehot = np.broadcast_to(np.eye(num_exits)[:, :, None], (num_exits,) * 2
                            + (n,))
   rows = [correct[None].astype(np.float64), onehot]
-  if extra is not None:
-    rows.append(extra[None])
   lambdas, sums = _sweep(s, np.concatenate(rows, axis=0))
   counts = sums[1:1 + num_exits].T  # [T, E]
-  return lambdas, sums[0] / n, _avg_cost(counts, costs), sums[1 + num_exits:]
+  return lambdas, sums[0] / n, _avg_cost(counts, costs)
 
 
 def _result(s, correct, costs, thresholds, family, param, **info):
@@ -188,7 +146,7 @@ def msdnet_thresholds(val_logits: Array, p: float,
   Returns:
     [E] float32 thresholds.
   """
-  s = _scores(val_logits, policy)
+  s = rules.scores_np(val_logits, policy)
   return _msdnet_walk(s, msdnet_proportions(p, s.shape[0]))
 
 
@@ -201,7 +159,7 @@ def msdnet_sweep(val_logits: Array, ps: Sequence[float] = DEFAULT_PS,
     `policies.evaluate_curve(test_logits, test_labels, thresholds, policy,
     exit_costs)` to get the (avg cost, accuracy) curve.
   """
-  s = _scores(val_logits, policy)
+  s = rules.scores_np(val_logits, policy)
   ps = np.asarray(ps, np.float64)
   return ps, np.stack([_msdnet_walk(s, msdnet_proportions(p, s.shape[0]))
                        for p in ps])
@@ -235,7 +193,7 @@ def calibrate_budget(val_logits: Array, val_labels: Array, budget: float,
   Raises:
     InputError: B above the full cost exit_costs[-1] or below exit_costs[0].
   """
-  s, preds, costs = _prepare(val_logits, policy, exit_costs)
+  s, preds, costs = rules.prepare(val_logits, policy, exit_costs)
   if not costs[0] <= budget <= costs[-1]:
     raise errors.InputError(
         f"budget {budget} is outside [{costs[0]}, {costs[-1]}], "
@@ -247,7 +205,7 @@ def calibrate_budget(val_logits: Array, val_labels: Array, budget: float,
   correct = preds == np.asarray(val_labels)[None]
   best = None  # (accuracy, -cost, family rank, thresholds, family, param)
   if "shared" in families:
-    lambdas, acc, cost, _ = _shared_table(s, correct, costs)
+    lambdas, acc, cost = _shared_table(s, correct, costs)
     ok = np.flatnonzero(cost <= budget)  # never empty: lambda=min -> exit 0
     i = ok[np.lexsort((cost[ok], -acc[ok]))[0]]
     best = (acc[i], -cost[i], 1, policies.uniform_thresholds(
@@ -270,141 +228,160 @@ def calibrate_budget(val_logits: Array, val_labels: Array, budget: float,
 # Accuracy-drop tolerance, empirical or with Learn-then-Test.
 
 
-def default_lambdas(policy: str, num_exits: int,
-                    num_classes: int) -> np.ndarray:
-  """Data-independent lambda grid for LTT, most conservative first."""
-  policies.check_policy(policy)
-  if policy == "entropy":  # -H from -1e-7 down to -log C
-    grid = -np.logspace(-7, np.log10(np.log(num_classes)), 141)
-  elif policy == "patience":
-    grid = np.arange(num_exits, 0, -1, dtype=np.float64)
-  else:  # max_prob, margin: 1 - 1e-7 down to 0
-    grid = 1.0 - np.logspace(-7, 0, 141)
-  return np.asarray(grid, np.float32)
-
-
-def calibrate_accuracy_drop(val_logits: Array, val_labels: Array,
+def calibrate_accuracy_drop(val_logits: Array, val_labels: Optional[Array],
                             eps: float, policy: str = "max_prob",
                             delta: Optional[float] = None,
-                            bound: str = "hoeffding_bentkus",
+                            bound: str = bounds.DEFAULT_BOUND,
                             lambdas: Optional[Sequence[float]] = None,
-                            exit_costs: Optional[Sequence[float]] = None
+                            exit_costs: Optional[Sequence[float]] = None,
+                            risk: Optional[str] = None, seed: int = 0
                             ) -> Calibration:
   """The most aggressive shared threshold with accuracy drop <= eps.
 
   delta=None (empirical): the smallest lambda over all distinct candidates
-  with acc_final - acc(lambda) <= eps on validation.
+  with acc_final - acc(lambda) <= eps on validation. No guarantee.
 
-  delta given (Learn-then-Test with fixed-sequence testing): the loss of an
-  example is the disagreement l(lambda) = 1{pred(lambda) != pred_final} in
-  {0, 1}; since 1{pred wrong} - 1{final wrong} <= l, its risk
-  R(lambda) = E[l(lambda)] bounds the expected accuracy drop from above.
-  The lambdas of a fixed, data-independent grid (`default_lambdas`) are
-  tested from the most conservative (largest) down with `hb_pvalue` for
-  H0: R(lambda) > eps; testing stops at the first p-value > delta and the
-  last rejected lambda is returned (+inf, i.e. the final exit only, if none
-  is rejected; there l = 0). Guarantee: over the draw of n i.i.d. validation
-  examples, P(R(lambda_hat) > eps) <= delta, hence
-  P(expected accuracy drop of lambda_hat > eps) <= delta.
+  delta given (Learn-then-Test, `certify.certify_accuracy`): the grid
+  `default_lambdas` (or `lambdas`) is tested from the most conservative
+  lambda down for H0: R(lambda) > eps with `bound`; the last rejected lambda
+  is returned (+inf, the final exit only, if none is). With risk
+  "consistency" the loss is the disagreement 1{pred(lambda) != pred_final}:
+  it needs no labels (val_labels may be None) and, since 1{pred wrong} -
+  1{final wrong} <= it, bounds the accuracy drop from above; with
+  "accuracy_drop" the loss is that difference itself. Guarantee: over the
+  draw of n i.i.d. validation examples, P(R(lambda_hat) > eps) <= delta,
+  hence P(expected accuracy drop of lambda_hat > eps) <= delta.
 
-  Sample size: the smallest p-value is (1 - eps)^n (at zero disagreements),
-  so with n < ceil(log(delta) / log(1 - eps)) (`ltt_min_n`) nothing can be
-  rejected. If nothing is, `info["note"]` says why (too few examples: the n
-  or eps that would do) and a `CertificationWarning` is issued;
-  `info["min_n"]` is that bound.
+  Sample size: with n < `ltt_min_n(eps, delta, bound, risk)` (at eps =
+  0.01, delta = 0.1: 230 for the consistency risk with the binomial bound,
+  318 for the accuracy drop with wsr) nothing can be rejected; then
+  `info["note"]` says why (too few examples: the n or eps that would do)
+  and a `CertificationWarning` is issued.
 
   Args:
-    val_logits: [E, N, C]; val_labels: [N].
+    val_logits: [E, N, C]; val_labels: [N] (None: only with delta given
+      and risk "consistency").
     eps: tolerated accuracy drop in (0, 1).
     policy: score name.
     delta: error level of the guarantee, or None.
-    bound: "hoeffding_bentkus" or "hoeffding" (see `hb_pvalue`).
+    bound: one of `bounds.BOUNDS`, or "auto" (`bounds.resolve`).
     lambdas: LTT grid (default `default_lambdas`); tested in descending
       order, i.e. most conservative first.
     exit_costs: [E] costs, only for the reported validation cost.
+    risk: "consistency" or "accuracy_drop" (with delta); None:
+      accuracy_drop with labels, consistency without.
+    seed: example order of the `wsr` bound.
   """
-  if delta is not None and not 0.0 < delta < 1.0:
-    raise errors.InputError(f"delta must lie in (0, 1), got {delta}")
-  s, preds, costs = _prepare(val_logits, policy, exit_costs)
-  if delta is not None and lambdas is None:
-    lambdas = default_lambdas(policy, s.shape[0], np.shape(val_logits)[-1])
-  cal = _calibrate_drop(s, preds, preds == np.asarray(val_labels)[None],
-                        costs, eps, delta, bound, lambdas)
   if delta is not None:
-    cal.info["min_n"] = ltt_min_n(eps, delta, bound)
-    cal.info["note"] = ltt_note(s.shape[1], eps, delta, cal.info["p_values"],
-                                bound)
-    if cal.info["note"]:
-      warnings.warn(cal.info["note"], CertificationWarning, stacklevel=2)
-  return cal
+    return certify.certify_accuracy(val_logits, val_labels, eps, delta, risk,
+                                    bound, policy, lambdas, exit_costs, seed)
+  if val_labels is None:
+    raise errors.InputError("the empirical rule (delta=None) needs labels; "
+                            "give delta for the label-free guarantee")
+  s, preds, costs = rules.prepare(val_logits, policy, exit_costs)
+  return _empirical_drop(s, preds, preds == np.asarray(val_labels)[None],
+                         costs, eps)
 
 
-def _calibrate_drop(s, preds, correct, costs, eps, delta, bound, lambdas):
-  """`calibrate_accuracy_drop` on scores [E, N], argmax and correct [E, N]."""
+def _empirical_drop(s, preds, correct, costs, eps):
+  """The empirical rule on scores [E, N], argmax and correct [E, N]."""
+  del preds
   if not 0.0 < eps < 1.0:
     raise errors.InputError(f"eps must lie in (0, 1), got {eps}")
-  num_exits, n = s.shape
-  disagree = (preds != preds[-1]).astype(np.float64)  # [E, N] loss
-  grid, acc, _, loss_sum = _shared_table(s, correct, costs, disagree)
-  if delta is None:
-    lam = grid[np.flatnonzero(acc[-1] - acc <= eps + 1e-12)[0]]
-    return _result(s, correct, costs, policies.uniform_thresholds(
-        lam, num_exits), "shared", lam, eps=eps)
-  lambdas = np.sort(np.asarray(lambdas, np.float32))[::-1]  # conservative 1st
-  # Risk at each tested lambda: the state of the next candidate >= lambda.
-  risk = loss_sum[0][np.searchsorted(grid, lambdas, side="left")] / n
-  pvals = np.array([hb_pvalue(r, n, eps, bound) for r in risk])
-  rejected = np.cumprod(pvals <= delta).astype(bool)
-  lam = lambdas[rejected][-1] if rejected.any() else np.float32(np.inf)
+  grid, acc, _ = _shared_table(s, correct, costs)
+  lam = grid[np.flatnonzero(acc[-1] - acc <= eps + 1e-12)[0]]
   return _result(s, correct, costs, policies.uniform_thresholds(
-      lam, num_exits), "shared", lam, eps=eps, delta=delta, bound=bound,
-                 lambdas=lambdas, risk=risk, p_values=pvals,
-                 num_rejected=int(rejected.sum()))
+      lam, s.shape[0]), "shared", lam, eps=eps)
 
 
-def violation_rate(logits: Array, labels: Array, eps: float,
+def violation_rate(logits: Array, labels: Array,
+                   eps: Optional[float] = None,
                    delta: Optional[float] = None, policy: str = "max_prob",
                    n_trials: int = 100, rng: Any = 0,
                    calib_fraction: float = 0.5,
-                   bound: str = "hoeffding_bentkus",
-                   lambdas: Optional[Sequence[float]] = None
+                   bound: str = bounds.DEFAULT_BOUND,
+                   lambdas: Optional[Sequence[float]] = None, *,
+                   risk: Optional[str] = None,
+                   budget: Optional[float] = None,
+                   n_cal: Optional[int] = None,
+                   exit_costs: Optional[Sequence[float]] = None
                    ) -> Dict[str, Any]:
-  """How often the calibrated rule breaks the tolerance on held-out data.
+  """How often a calibrated rule breaks its target on held-out data.
 
-  Each trial splits the examples at random, calibrates with
-  `calibrate_accuracy_drop` on `calib_fraction` of them and measures the
-  accuracy drop acc_final - acc_policy on the rest.
+  Each trial splits the labelled pool at random, calibrates on n_cal
+  examples (default `calib_fraction` of them) and scores the rule on the
+  rest. The rule: with eps and no delta the empirical one; with eps and
+  delta `certify_accuracy` (risk, bound); with budget and delta
+  `certify_budget`; with both `certify_joint`.
 
   Args:
     logits: [E, N, C]; labels: [N] (a labelled pool, e.g. the test set).
-    eps, delta, policy, bound, lambdas: as in
-      `calibrate_accuracy_drop`.
+    eps, delta, policy, bound, lambdas, risk: as in
+      `calibrate_accuracy_drop`; budget, exit_costs: as in
+      `certify.certify_budget`.
     n_trials: number of random splits.
     rng: seed or `np.random.Generator`.
 
   Returns:
-    dict with "rate" (fraction of trials with test drop > eps), "drops"
-    [n_trials], "lambdas" [n_trials], "avg_exit" [n_trials] mean exit index.
+    dict of [n_trials] arrays on the held-out part: "drops" (acc_final -
+    acc_rule), "consistency" (disagreement with the final exit), "costs"
+    (mean cost), "avg_exit" (mean exit index), "lambdas"; and the rates:
+    "rate" (trials with drop > eps; with a budget only, cost > B; with
+    both, either), "risk_rate" (the certified risk > eps: the
+    disagreement for "consistency", the drop for "accuracy_drop"),
+    "cost_rate" (cost > B).
   """
+  if eps is None and budget is None:
+    raise errors.InputError("violation_rate needs eps, budget or both")
+  if budget is not None and delta is None:
+    raise errors.InputError("a budget guarantee needs delta")
   logits, labels = np.asarray(logits), np.asarray(labels)
+  risk = certify.resolve_risk(risk, True)
   rng = np.random.default_rng(rng)
-  s, preds, costs = _prepare(logits, policy)
+  s, preds, costs = rules.prepare(logits, policy, exit_costs)
   correct = preds == labels[None]
-  if delta is not None and lambdas is None:
+  if lambdas is None:
     lambdas = default_lambdas(policy, s.shape[0], logits.shape[-1])
   n = labels.shape[0]
-  n_cal = int(round(calib_fraction * n))
-  drops, lams, avg_exit = [], [], []
+  n_cal = int(round(calib_fraction * n)) if n_cal is None else int(n_cal)
+  if not 0 < n_cal < n:
+    raise errors.InputError(f"n_cal must lie in (0, {n}), got {n_cal}")
+  out = {k: [] for k in ("drops", "consistency", "costs", "avg_exit",
+                         "lambdas")}
   for _ in range(n_trials):
     perm = rng.permutation(n)
     cal, test = perm[:n_cal], perm[n_cal:]
-    c = _calibrate_drop(s[:, cal], preds[:, cal], correct[:, cal], costs,
-                        eps, delta, bound, lambdas)
-    ex = _exits(s[:, test], c.thresholds)
-    acc = correct[ex, test].mean()
-    drops.append(correct[-1, test].mean() - acc)
-    lams.append(c.param)
-    avg_exit.append(ex.mean())
-  drops = np.asarray(drops)
-  return {"rate": float(np.mean(drops > eps + 1e-12)), "drops": drops,
-          "lambdas": np.asarray(lams), "avg_exit": np.asarray(avg_exit)}
+    if delta is None:
+      c = _empirical_drop(s[:, cal], preds[:, cal], correct[:, cal], costs,
+                          eps)
+    else:
+      a = certify.Arrays(s[:, cal], preds[:, cal], costs, labels[cal],
+                         lambdas, 0)
+      if budget is None:
+        c = certify.accuracy_rule(a, eps, delta, risk, bound)
+      elif eps is None:
+        c = certify.budget_rule(a, budget, delta, bound)
+      else:
+        c = certify.joint_rule(a, eps, budget, delta, risk, bound,
+                               "accuracy")
+    ex = rules.exits(s[:, test], c.thresholds)
+    out["drops"].append(correct[-1, test].mean() - correct[ex, test].mean())
+    out["consistency"].append(np.mean(preds[ex, test] != preds[-1, test]))
+    out["costs"].append(costs[ex].mean())
+    out["avg_exit"].append(ex.mean())
+    out["lambdas"].append(c.param)
+  out = {k: np.asarray(v) for k, v in out.items()}
+  tol = 1e-12
+  if eps is not None:
+    risk_vals = out["consistency"] if (delta is not None and risk ==
+                                       "consistency") else out["drops"]
+    out["risk_rate"] = float(np.mean(risk_vals > eps + tol))
+  if budget is not None:
+    out["cost_rate"] = float(np.mean(out["costs"] > budget * (1 + tol)))
+  bad = np.zeros(n_trials, bool)
+  if eps is not None:
+    bad |= out["drops"] > eps + tol
+  if budget is not None:
+    bad |= out["costs"] > budget * (1 + tol)
+  out["rate"] = float(np.mean(bad))
+  return out

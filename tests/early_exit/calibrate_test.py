@@ -202,7 +202,8 @@ def test_binomial_and_hb_pvalues():
 
 def test_ltt_fixed_sequence_selection():
   z, y = synthetic(2000, 12)
-  cal = calibrate.calibrate_accuracy_drop(z, y, 0.05, delta=0.1)
+  cal = calibrate.calibrate_accuracy_drop(z, y, 0.05, delta=0.1,
+                                          risk="consistency")
   info = cal.info
   lams, pv = info["lambdas"], info["p_values"]
   assert np.all(np.diff(lams) <= 0)  # most conservative first
@@ -229,7 +230,8 @@ def test_ltt_stops_at_first_non_rejection():
   z = np.repeat(np.log(probs)[:, None], 200, axis=1).astype(np.float32)
   y = np.zeros(200, int)
   cal = calibrate.calibrate_accuracy_drop(z, y, 0.1, delta=0.05,
-                                          lambdas=[0.2, 0.9, 0.5])
+                                          lambdas=[0.2, 0.9, 0.5],
+                                          risk="consistency")
   np.testing.assert_array_equal(cal.info["lambdas"], np.float32([0.9, 0.5,
                                                                  0.2]))
   np.testing.assert_allclose(cal.info["risk"], [0.0, 1.0, 0.0])
@@ -260,7 +262,8 @@ def test_ltt_population_risk_guarantee():
   eps, delta, bad = 0.05, 0.2, 0
   for trial in range(40):
     z, y = synthetic(500, 100 + trial)
-    lam = calibrate.calibrate_accuracy_drop(z, y, eps, delta=delta).param
+    lam = calibrate.calibrate_accuracy_drop(z, y, eps, delta=delta,
+                                            risk="consistency").param
     ex = (pool_pmax < lam).sum(0)
     risk = np.mean(pool_pred[ex, np.arange(ex.size)] != pool_pred[-1])
     bad += risk > eps
@@ -286,6 +289,10 @@ def test_ltt_min_n_by_hand():
     calibrate.ltt_min_n(0.0, 0.1)
 
 
+# The consistency risk with the Hoeffding-Bentkus bound.
+HB = dict(risk="consistency", bound="hoeffding_bentkus")
+
+
 def _agreeing(n, num_exits=3, num_classes=10):
   """Logits [E, n, C] where every exit predicts the label, confidently."""
   y = np.arange(n) % num_classes
@@ -300,19 +307,21 @@ def test_ltt_says_when_n_is_too_small():
   z, y = _agreeing(229)
   with pytest.warns(calibrate.CertificationWarning,
                     match=r"n = 229 validation examples are too few for "
-                    r"eps = 0\.01, delta = 0\.1 .*\(1 - eps\)\^n = 0\.1 > "
-                    r"delta\); it needs n >= 230 at this eps, or eps >= "
+                    r"eps = 0\.01, delta = 0\.1 \(the smallest p-value the "
+                    r"hoeffding_bentkus bound can give, at zero "
+                    r"disagreements, is 0\.1 > delta\); it needs n >= 230 at this eps, or eps >= "
                     r"0\.0101 "):
-    cal = calibrate.calibrate_accuracy_drop(z, y, 0.01, delta=0.1)
+    cal = calibrate.calibrate_accuracy_drop(z, y, 0.01, delta=0.1, **HB)
   assert cal.param == np.inf and cal.info["num_rejected"] == 0
   assert cal.info["min_n"] == 230
   assert "too few" in cal.info["note"]
   z, y = _agreeing(230)
-  cal = calibrate.calibrate_accuracy_drop(z, y, 0.01, delta=0.1)
+  cal = calibrate.calibrate_accuracy_drop(z, y, 0.01, delta=0.1, **HB)
   assert cal.info["note"] is None and cal.info["min_n"] == 230
   assert cal.val_avg_cost == 1.0  # everyone leaves at exit 0
   # The eps the note names works at n = 229.
-  cal = calibrate.calibrate_accuracy_drop(*_agreeing(229), 0.0101, delta=0.1)
+  cal = calibrate.calibrate_accuracy_drop(*_agreeing(229), 0.0101, delta=0.1,
+                                          **HB)
   assert cal.info["note"] is None and cal.val_avg_cost == 1.0
 
 
@@ -324,6 +333,6 @@ def test_ltt_says_when_early_exits_disagree():
   with pytest.warns(calibrate.CertificationWarning,
                     match=r"most conservative lambda's p-value is 1 > delta "
                     r"\(the early exits disagree"):
-    cal = calibrate.calibrate_accuracy_drop(z, y, 0.02, delta=0.1)
+    cal = calibrate.calibrate_accuracy_drop(z, y, 0.02, delta=0.1, **HB)
   assert cal.param == np.inf and cal.info["min_n"] == 114
   assert cal.info["risk"][0] == pytest.approx(0.2)
