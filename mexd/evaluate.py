@@ -7,8 +7,9 @@ validation and test splits, and writes `<workdir>/eval/`:
 * anytime.png, budget.png — per-exit accuracy and accuracy-vs-cost curves.
 
 and `<workdir>/exit_policy.json`: the chosen exit rule (policy, thresholds,
-per-exit costs, normalisation statistics, image shape) that a deployment
-loads beside the checkpoint (`load_exit_policy`).
+per-exit costs, normalisation statistics, image shape, and the guarantee it
+carries: bound, eps, delta, budget, n, certified and validation values)
+that a deployment loads beside the checkpoint (`load_exit_policy`).
 
 Both files are strict JSON (no `Infinity`/`NaN`, which most JSON readers
 reject): a threshold of -inf or +inf is written as the string "-inf" or
@@ -23,8 +24,10 @@ Reported:
    validation for p = j/20, accuracy and average cost on test, per policy;
 3. calibration to user targets on validation only: average-cost budgets
    (fractions of the full cost) and an accuracy-drop tolerance eps, with the
-   Learn-then-Test guarantee at level delta; the violation rate of that
-   guarantee over random calibration/test splits;
+   Learn-then-Test guarantee at level delta (--bound, --risk); with
+   --certify_budget, a rule certified to meet eps and an average-cost
+   budget jointly; the violation rate of each guarantee over random
+   calibration/test splits;
 4. real early exit: staged inference with the chosen thresholds (its
    predictions are checked against the simulation) and its wall-clock against
    the one-pass network, next to the ideal speed-up of the cost model.
@@ -62,9 +65,10 @@ def define_flags():
   flags.DEFINE_list("budgets", ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9"],
                     "Average-cost budgets, fractions of the full cost.")
   flags.DEFINE_float("eps", 0.02, "Tolerated accuracy drop vs the final "
-                     "exit, in (0, 1). The guarantee needs >= log(delta) / "
-                     "log(1 - eps) validation images (114 at the defaults, "
-                     "230 at eps=0.01: more than digits' 180).")
+                     "exit, in (0, 1). The guarantee needs a minimum number "
+                     "of validation images (158 at the defaults, 318 at "
+                     "eps=0.01: more than digits' 180; mexd.early_exit."
+                     "ltt_min_n).")
   flags.DEFINE_float("delta", 0.1, "Failure probability of the guarantee, "
                      "in (0, 1) (0: no guarantee, empirical rule).")
   flags.DEFINE_integer("trials", 100, "Random splits for the violation rate "
@@ -72,6 +76,18 @@ def define_flags():
   flags.DEFINE_string("policy", "max_prob", "Policy saved in "
                       "exit_policy.json.")
   flags.DEFINE_bool("timing", True, "Measure staged inference wall-clock.")
+  flags.DEFINE_string("bound", "auto", "Concentration bound of the "
+                      "guarantees: auto (binomial for --risk=consistency, "
+                      "wsr otherwise), hoeffding, hoeffding_bentkus, "
+                      "binomial, empirical_bernstein, wsr.")
+  flags.DEFINE_string("risk", "", "Certified risk: accuracy_drop (default) "
+                      "or consistency (disagreement with the final exit; "
+                      "needs no labels, bounds the drop from above).")
+  flags.DEFINE_float("certify_budget", 0.0, "A certified compute budget, a "
+                     "fraction of the full network's cost in (0, 1]: the "
+                     "saved rule then meets drop <= eps and expected cost "
+                     "<= this budget jointly, with probability >= 1 - "
+                     "delta (0: none).")
 
 
 def _usage_error(msg: str):
@@ -114,7 +130,9 @@ def main(argv):
   with errors.one_line_errors("mexd.evaluate"):
     args = dict(policies=FLAGS.policies, budgets=_budgets(FLAGS.budgets),
                 eps=FLAGS.eps, delta=FLAGS.delta or None, trials=FLAGS.trials,
-                chosen_policy=FLAGS.policy)
+                chosen_policy=FLAGS.policy, bound=FLAGS.bound,
+                risk=FLAGS.risk or None,
+                certify_budget=FLAGS.certify_budget or None)
     check_args(**args, cli=True)  # Before anything is loaded.
     res = evaluate_run(FLAGS.workdir, timing=FLAGS.timing, **args)
   print(format_summary(res))

@@ -10,7 +10,7 @@ anytime numbers, `budget_sections`, `accuracy_drop_section`,
 import os
 import sys
 import time
-from typing import Any, Dict, NamedTuple, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 import warnings
 
 import jax
@@ -94,16 +94,28 @@ _VALID = {
     "trials": "an integer >= 0 (0 skips the violation rate)",
     "policy": "one exit policy ({policies})",
     "workdir": "the work directory of a training run",
+    "bound": "a concentration bound ({bounds})",
+    "risk": "the certified risk ({risks}), or {auto} (accuracy_drop: "
+            "the labels are there)",
+    "certify_budget": "a fraction of the full network's cost in (0, 1] "
+                      "(a certified average-cost budget, with --delta), or "
+                      "{none_budget} for none",
 }
 
 
 def _valid(flag: str, cli: bool) -> str:
-  return _VALID[flag].format(policies=", ".join(ee.policy_names()),
-                             none="0" if cli else "None")
+  return _VALID[flag].format(
+      policies=", ".join(ee.policy_names()), none="0" if cli else "None",
+      bounds=", ".join(("auto",) + ee.bounds.BOUNDS),
+      risks=", ".join(ee.certify.RISKS), auto="'' (empty)" if cli else "None",
+      none_budget="0" if cli else "None")
 
 
 def check_args(*, policies: Sequence[str], budgets: Sequence[float],
                eps: float, delta, trials: int, chosen_policy: str,
+               bound: str = ee.bounds.DEFAULT_BOUND,
+               risk: Optional[str] = None,
+               certify_budget: Optional[float] = None,
                cli: bool = False) -> None:
   """Checks the arguments of `evaluate_run` before anything is loaded.
 
@@ -139,6 +151,24 @@ def check_args(*, policies: Sequence[str], budgets: Sequence[float],
     bad("delta", delta)
   if isinstance(trials, bool) or int(trials) != trials or trials < 0:
     bad("trials", trials)
+  if bound not in ("auto",) + ee.bounds.BOUNDS:
+    bad("bound", repr(bound))
+  if risk is not None and risk not in ee.certify.RISKS:
+    bad("risk", repr(risk))
+  if bound == "binomial" and (risk != "consistency"
+                              or certify_budget is not None):
+    raise errors.InputError(
+        f"{name('bound')}=binomial is exact for 0/1 losses only: use it "
+        f"with {name('risk')}=consistency and without "
+        f"{name('certify_budget')} (the accuracy drop and the cost take "
+        "values in between)")
+  if certify_budget is not None:
+    if not 0 < certify_budget <= 1:
+      bad("certify_budget", certify_budget)
+    if delta is None:
+      raise errors.InputError(
+          f"{name('certify_budget')} needs a guarantee level: give "
+          f"{name('delta')} in (0, 1)")
 
 
 def checkpoint_report(workdir: str, ckpt: workdir_lib.RunCheckpoint
@@ -179,7 +209,9 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
                  budgets: Sequence[float] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                  eps: float = 0.02, delta: float = 0.1, trials: int = 100,
                  chosen_policy: str = "max_prob", plots: bool = True,
-                 timing: bool = True) -> Dict[str, Any]:
+                 timing: bool = True, bound: str = ee.bounds.DEFAULT_BOUND,
+                 risk: Optional[str] = None,
+                 certify_budget: Optional[float] = None) -> Dict[str, Any]:
   """Evaluates the run in `workdir`; returns (and writes) the results dict.
 
   Args:
@@ -187,19 +219,27 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
     policies: exit policies to compare (mexd.early_exit.policy_names()).
     budgets: average-cost budgets as fractions of the full network's cost.
     eps: tolerated accuracy drop vs the final exit (absolute, e.g. 0.02).
-      Learn-then-Test needs n >= log(delta) / log(1 - eps) validation
-      images to certify any early exit (`ee.calibrate.ltt_min_n`): 230 for
-      eps = 0.01, delta = 0.1, more than digits' 180; 114 for eps = 0.02.
-      With fewer, the result's accuracy_drop "note" says so.
+      Learn-then-Test needs a minimum number of validation images to
+      certify any early exit (`ee.ltt_min_n`): with the defaults 158 for
+      eps = 0.02, delta = 0.1, and 318 for eps = 0.01, more than digits'
+      180. With fewer, the result's accuracy_drop "note" says so.
     delta: the guarantee's failure probability (None: empirical rule only).
     trials: random calibration/test splits for the violation rate (0: none).
     chosen_policy: the policy saved in exit_policy.json (calibrated to eps,
       delta).
     plots: write PNG plots.
     timing: measure staged vs one-pass wall-clock.
+    bound: the concentration bound of the guarantees (`ee.bounds`; "auto":
+      binomial for the consistency risk, wsr otherwise).
+    risk: "accuracy_drop" (the default: validation has labels) or
+      "consistency" (disagreement with the final exit, label-free).
+    certify_budget: a fraction of the full cost; with it the saved rule is
+      `ee.certify_joint`'s: accuracy drop <= eps and expected cost <= this
+      budget, jointly with probability >= 1 - delta (res["certified"]).
   """
   check_args(policies=policies, budgets=budgets, eps=eps, delta=delta,
-             trials=trials, chosen_policy=chosen_policy)
+             trials=trials, chosen_policy=chosen_policy, bound=bound,
+             risk=risk, certify_budget=certify_budget)
   run = load_run(workdir)
   macs = run.macs
   res: Dict[str, Any] = {
@@ -214,13 +254,26 @@ def evaluate_run(workdir: str, *, policies: Sequence[str] = (
               ee.per_exit_accuracy(run.val_logits, run.val.labels)),
                   "macs": _tolist(macs)}}
   curves = budget_sections(run, policies, budgets, res)
-  cal, sim = accuracy_drop_section(run, eps, delta, trials, chosen_policy,
-                                   res)
+  target = Target(eps, delta, bound, risk, chosen_policy, trials)
+  cal, sim = accuracy_drop_section(run, target, res)
+  if certify_budget is not None:
+    cal, sim = certified_section(run, target, certify_budget, res)
   if timing:
     res["staged"] = staged_section(run, cal.thresholds, chosen_policy, sim,
-                                   res["accuracy_drop"]["ideal_speedup"])
+                                   float(macs[-1] / sim["avg_cost"]))
   write_outputs(run, res, curves, cal, chosen_policy, eps, delta, plots)
   return res
+
+
+class Target(NamedTuple):
+  """What the saved rule is calibrated to (the arguments of
+  `evaluate_run`)."""
+  eps: float
+  delta: Optional[float]
+  bound: str
+  risk: Optional[str]
+  policy: str
+  trials: int
 
 
 class Run(NamedTuple):
@@ -302,41 +355,90 @@ def budget_sections(run: Run, policies: Sequence[str],
   return curves
 
 
-def accuracy_drop_section(run: Run, eps: float, delta, trials: int,
-                          policy: str, res: Dict[str, Any]):
+def _guarantee(cal, kind: str) -> Dict[str, Any]:
+  """The guarantee record of a certified rule (eval.json and
+  exit_policy.json): what was certified, by which bound, on how many
+  validation images, and the rule's empirical values on validation."""
+  keys = ("bound", "cost_bound", "risk_name", "eps", "delta", "budget", "n",
+          "certified_risk", "certified_cost", "feasible", "binding",
+          "val_avg_cost", "val_consistency_risk", "val_accuracy", "val_drop",
+          "note")
+  g = {"rule": kind, **{k: cal.info[k] for k in keys if k in cal.info}}
+  if "risk_name" in g:
+    g["risk"] = g.pop("risk_name")
+  g["val_exit_fraction"] = _tolist(cal.info["val_exit_fraction"])
+  return g
+
+
+def _scored(run: Run, cal, policy: str, res: Dict[str, Any]):
+  """The rule's numbers on test: (fields, simulation)."""
+  macs = run.macs
+  sim = ee.simulate(run.test_logits, run.test.labels, cal.thresholds, policy,
+                    macs)
+  final_acc = float(res["anytime"]["test_acc"][-1])
+  return {"thresholds": _tolist(cal.thresholds),
+          "val_acc": float(cal.val_accuracy),
+          "test_acc": float(sim["accuracy"]),
+          "test_drop": final_acc - float(sim["accuracy"]),
+          "test_avg_macs": float(sim["avg_cost"]),
+          "ideal_speedup": float(macs[-1] / sim["avg_cost"]),
+          "exit_fraction": _tolist(sim["exit_fraction"]),
+          "val_examples": len(run.val)}, sim
+
+
+def _violations(run: Run, t: Target, budget=None) -> Dict[str, Any]:
+  """The guarantee's violation rate over t.trials random splits of the
+  validation + test pool (calibrated on as many images as validation)."""
+  pool_logits = np.concatenate([run.val_logits, run.test_logits], axis=1)
+  pool_labels = np.concatenate([run.val.labels, run.test.labels])
+  vr = ee.violation_rate(pool_logits, pool_labels, t.eps, delta=t.delta,
+                         policy=t.policy, n_trials=t.trials, rng=0,
+                         bound=t.bound, risk=t.risk, budget=budget,
+                         n_cal=len(run.val), exit_costs=run.macs)
+  out = {"violation_rate": float(vr["rate"]), "violation_trials": t.trials}
+  for k in ("risk_rate", "cost_rate"):
+    if k in vr:
+      out[f"violation_{k}"] = float(vr[k])
+  return out
+
+
+def accuracy_drop_section(run: Run, t: Target, res: Dict[str, Any]):
   """res["accuracy_drop"]: thresholds for a drop of at most eps (with the
   Learn-then-Test guarantee at delta), scored on test, and the guarantee's
   violation rate over `trials` random splits; returns (calibration,
   simulation on test)."""
-  macs = run.macs
   with warnings.catch_warnings():  # The note goes into res and the summary.
     warnings.simplefilter("ignore", ee.calibrate.CertificationWarning)
-    cal = ee.calibrate_accuracy_drop(run.val_logits, run.val.labels, eps=eps,
-                                     policy=policy, delta=delta,
-                                     exit_costs=macs)
-  sim = ee.simulate(run.test_logits, run.test.labels, cal.thresholds, policy,
-                    macs)
-  final_acc = float(res["anytime"]["test_acc"][-1])
-  d = res["accuracy_drop"] = {
-      "policy": policy, "eps": eps, "delta": delta,
-      "thresholds": _tolist(cal.thresholds),
-      "val_acc": float(cal.val_accuracy),
-      "test_acc": float(sim["accuracy"]),
-      "test_drop": final_acc - float(sim["accuracy"]),
-      "test_avg_macs": float(sim["avg_cost"]),
-      "ideal_speedup": float(macs[-1] / sim["avg_cost"]),
-      "exit_fraction": _tolist(sim["exit_fraction"]),
-      "val_examples": len(run.val)}
-  if delta is not None:  # Fewest validation images that can certify an exit.
+    cal = ee.calibrate_accuracy_drop(
+        run.val_logits, run.val.labels, eps=t.eps, policy=t.policy,
+        delta=t.delta, exit_costs=run.macs, bound=t.bound, risk=t.risk)
+  fields, sim = _scored(run, cal, t.policy, res)
+  d = res["accuracy_drop"] = {"policy": t.policy, "eps": t.eps,
+                              "delta": t.delta, **fields}
+  if t.delta is not None:  # Fewest validation images that can certify.
     d["min_val_examples"] = cal.info["min_n"]
     d["note"] = cal.info["note"]
-  if trials:
-    pool_logits = np.concatenate([run.val_logits, run.test_logits], axis=1)
-    pool_labels = np.concatenate([run.val.labels, run.test.labels])
-    vr = ee.violation_rate(pool_logits, pool_labels, eps, delta=delta,
-                           policy=policy, n_trials=trials, rng=0)
-    d["violation_rate"] = float(vr["rate"])
-    d["violation_trials"] = trials
+    d["guarantee"] = _guarantee(cal, "accuracy")
+  if t.trials:
+    d.update(_violations(run, t))
+  return cal, sim
+
+
+def certified_section(run: Run, t: Target, fraction: float,
+                      res: Dict[str, Any]):
+  """res["certified"]: the joint rule (drop <= eps and average cost <= the
+  budget, with probability >= 1 - delta), scored on test; returns
+  (calibration, simulation on test)."""
+  macs = run.macs
+  budget = max(fraction * float(macs[-1]), float(macs[0]))
+  cal = ee.certify_joint(run.val_logits, run.val.labels, t.eps, budget,
+                         t.delta, t.risk, t.bound, t.policy, macs)
+  fields, sim = _scored(run, cal, t.policy, res)
+  res["certified"] = {"policy": t.policy, "budget_fraction": fraction,
+                      "budget_macs": budget, **fields,
+                      "guarantee": _guarantee(cal, "joint")}
+  if t.trials:
+    res["certified"].update(_violations(run, t, budget))
   return cal, sim
 
 
@@ -360,7 +462,8 @@ def staged_section(run: Run, thresholds, policy: str, sim,
 
 def write_outputs(run: Run, res: Dict[str, Any], curves, cal, policy: str,
                   eps: float, delta, plots: bool) -> None:
-  """<workdir>/eval/ (eval.json, plots) and <workdir>/exit_policy.json."""
+  """<workdir>/eval/ (eval.json, plots) and <workdir>/exit_policy.json
+  (the saved rule and, if certified, its "guarantee")."""
   out = paths.path(run.workdir) / "eval"
   out.mkdir(parents=True, exist_ok=True)
   if plots:
@@ -372,13 +475,18 @@ def write_outputs(run: Run, res: Dict[str, Any], curves, cal, policy: str,
                               res["anytime"]["test_acc"])))
   exit_policy.write_strict_json(out / "eval.json", res)
   tr = run.train
-  exit_policy.write_strict_json(paths.path(run.workdir) / "exit_policy.json", {
+  saved = res.get("certified", res["accuracy_drop"])
+  policy_json = {
       "policy": policy, "thresholds": _tolist(cal.thresholds),
       "exit_macs": _tolist(run.macs), "eps": eps, "delta": delta,
       "val_accuracy": float(cal.val_accuracy),
       "image_shape": list(tr.image_shape), "mean": list(tr.mean),
       "std": list(tr.std), "num_classes": tr.num_classes,
-      "model": run.config.model.name})
+      "model": run.config.model.name}
+  if "guarantee" in saved:
+    policy_json["guarantee"] = saved["guarantee"]
+  exit_policy.write_strict_json(paths.path(run.workdir) / "exit_policy.json",
+                                policy_json)
 
 
 def format_summary(res: Dict[str, Any]) -> str:
@@ -391,10 +499,13 @@ def format_summary(res: Dict[str, Any]) -> str:
                                  res["anytime"]["test_acc"])):
     lines.append(f"{k:>4}   {m:>10.3g}  {100 * a:6.2f}%")
   d = res["accuracy_drop"]
+  g = d.get("guarantee", {})
+  how = (f", {g['risk']} risk, {g['bound']} bound" if g else
+         " (empirical, no guarantee)")
   lines.append(
-      f"policy {d['policy']}, eps={d['eps']}, delta={d['delta']}: test acc "
-      f"{100 * d['test_acc']:.2f}% (drop {100 * d['test_drop']:.2f} points),"
-      f" avg MACs {d['test_avg_macs']:.3g} (ideal speed-up "
+      f"policy {d['policy']}, eps={d['eps']}, delta={d['delta']}{how}: test "
+      f"acc {100 * d['test_acc']:.2f}% (drop {100 * d['test_drop']:.2f} "
+      f"points), avg MACs {d['test_avg_macs']:.3g} (ideal speed-up "
       f"{d['ideal_speedup']:.2f}x)")
   if d.get("note"):
     lines.append(f"note: {d['note']}")
@@ -403,6 +514,24 @@ def format_summary(res: Dict[str, Any]) -> str:
   if "violation_rate" in d:
     lines.append(f"guarantee violated in {100 * d['violation_rate']:.1f}% of "
                  f"{d['violation_trials']} random splits")
+  if "certified" in res:
+    c, g = res["certified"], res["certified"]["guarantee"]
+    head = (f"certified: drop <= {d['eps']} and avg MACs <= "
+            f"{c['budget_macs']:.3g} ({100 * c['budget_fraction']:g}% of "
+            f"full) w.p. >= {1 - d['delta']:g}")
+    if not g["feasible"]:
+      lines.append(f"{head}: infeasible, {g['binding']} binds; saved the "
+                   "budget-only rule")
+      lines.append(f"warning: {g['note']}")
+    else:
+      lines.append(f"{head} ({g['binding']} binds)")
+    lines.append(
+        f"  test acc {100 * c['test_acc']:.2f}% (drop "
+        f"{100 * c['test_drop']:.2f} points), avg MACs "
+        f"{c['test_avg_macs']:.3g} (ideal speed-up {c['ideal_speedup']:.2f}x)"
+        + (f"; violated in {100 * c['violation_rate']:.1f}% of "
+           f"{c['violation_trials']} random splits" if "violation_rate" in c
+           else ""))
   if "staged" in res:
     s = res["staged"]
     lines.append(f"staged inference: {s['measured_speedup']:.2f}x measured "

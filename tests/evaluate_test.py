@@ -12,6 +12,7 @@ import pytest
 from mexd.configs import digits
 from mexd import data as data_lib
 from mexd import evaluate
+from mexd import evaluation
 from mexd import exit_policy
 from mexd import train
 
@@ -169,6 +170,16 @@ BAD_CLI = [
     (["--policies=max_prob,oracle"],
      r"--policies: unknown exit policy 'oracle'; valid policies: .*max_prob"),
     (["--policy=oracle"], r"--policy: unknown exit policy 'oracle'"),
+    (["--bound=chernoff"], r"--bound must be a concentration bound \(auto, "
+                           r"hoeffding, .*wsr\); got 'chernoff'"),
+    (["--bound=binomial"], r"--bound=binomial is exact for 0/1 losses only: "
+                           r"use it with --risk=consistency"),
+    (["--risk=error"], r"--risk must be the certified risk \(consistency, "
+                       r"accuracy_drop\), or '' \(empty\).*; got 'error'"),
+    (["--certify_budget=1.5"], r"--certify_budget must be a fraction of the "
+                               r"full network's cost in \(0, 1\].*; got 1\.5"),
+    (["--certify_budget=0.5", "--delta=0"],
+     r"--certify_budget needs a guarantee level: give --delta in \(0, 1\)"),
     (["--frobnicate=1"], r"Unknown command line flag 'frobnicate'"),
     (["stray"], r"unexpected arguments \['stray'\]"),
 ]
@@ -204,27 +215,80 @@ def test_cli_bad_inputs(run_dir, args, pattern):
 
 
 def test_too_few_validation_images_for_eps_are_reported(run_dir):
-  """digits' 180 validation images cannot certify eps = 0.01 at delta = 0.1
-  (230 needed); the result and the summary say so, with the fix."""
+  """digits' 180 validation images cannot certify a drop of eps = 0.01 at
+  delta = 0.1 (318 needed with wsr); the result and the summary say so,
+  with the fix."""
   res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
                               budgets=(0.5,), eps=0.01, trials=0,
                               timing=False, plots=False)
   d = res["accuracy_drop"]
-  assert (d["val_examples"], d["min_val_examples"]) == (180, 230)
+  assert (d["val_examples"], d["min_val_examples"]) == (180, 318)
   assert d["exit_fraction"][-1] == 1.0  # everyone at the final exit
   line = [l for l in evaluate.format_summary(res).splitlines()
           if l.startswith("note:")]
   assert len(line) == 1, line
   assert re.search(r"n = 180 validation examples are too few for eps = 0\.01, "
-                   r"delta = 0\.1 .*needs n >= 230 at this eps, or eps >= "
-                   r"0\.0128", line[0]), line
-  # The default eps = 0.02 needs 114: no such note.
+                   r"delta = 0\.1 \(the smallest p-value the wsr bound can "
+                   r"give, at an accuracy drop of zero, is .*needs n >= 318 "
+                   r"at this eps, or eps >= 0\.0176", line[0]), line
+  # The default eps = 0.02 needs 158: no such note.
   res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
                               budgets=(0.5,), trials=0, timing=False,
                               plots=False)
   assert res["accuracy_drop"]["eps"] == 0.02
-  assert res["accuracy_drop"]["min_val_examples"] == 114
+  assert res["accuracy_drop"]["min_val_examples"] == 158
   assert "too few" not in (res["accuracy_drop"]["note"] or "")
+  g = res["accuracy_drop"]["guarantee"]
+  assert (g["rule"], g["risk"], g["bound"], g["n"]) == (
+      "accuracy", "accuracy_drop", "wsr", 180)
+  # The label-free risk with Hoeffding-Bentkus needs 114 at eps = 0.02.
+  res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
+                              budgets=(0.5,), trials=0, timing=False,
+                              plots=False, risk="consistency",
+                              bound="hoeffding_bentkus")
+  assert res["accuracy_drop"]["min_val_examples"] == 114
+  assert res["accuracy_drop"]["guarantee"]["bound"] == "hoeffding_bentkus"
+
+
+def test_certified_budget_is_saved_with_its_guarantee(run_dir):
+  """--certify_budget: the saved rule is the joint one; exit_policy.json
+  carries its guarantee, and the numbers agree with a direct call."""
+  res = evaluate.evaluate_run(run_dir, policies=("max_prob",),
+                              budgets=(0.5,), trials=20, timing=False,
+                              plots=False, certify_budget=0.7)
+  c = res["certified"]
+  macs = np.asarray(res["exit_macs"])
+  assert c["budget_macs"] == pytest.approx(max(0.7 * macs[-1], macs[0]))
+  g = c["guarantee"]
+  assert g["rule"] == "joint" and g["budget"] == c["budget_macs"]
+  assert g["binding"] in ("cost", "accuracy", "both")
+  assert g["val_avg_cost"] <= c["budget_macs"]
+  assert 0 <= c["violation_rate"] <= 1 and c["violation_trials"] == 20
+  policy = evaluate.load_exit_policy(run_dir)
+  np.testing.assert_array_equal(policy["thresholds"],
+                                np.asarray(c["thresholds"], np.float32))
+  assert policy["guarantee"] == json.loads(json.dumps(g))
+  from mexd.early_exit import certify  # pylint: disable=import-outside-toplevel
+  run = evaluation.load_run(run_dir)
+  ref = certify.certify_joint(run.val_logits, run.val.labels, 0.02,
+                              c["budget_macs"], 0.1, exit_costs=run.macs)
+  np.testing.assert_array_equal(ref.thresholds, policy["thresholds"])
+  assert ref.info["feasible"] == g["feasible"]
+
+
+def test_cli_certify_budget_prints_the_certified_rule(run_dir):
+  out = subprocess.run(
+      [sys.executable, "-m", "mexd.evaluate", f"--workdir={run_dir}",
+       "--certify_budget=0.7", "--trials=0", "--timing=false",
+       "--policies=max_prob", "--budgets=0.5"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  head = [l for l in lines if l.startswith("certified: drop <= 0.02 and avg "
+                                           "MACs <=")]
+  assert len(head) == 1 and "70% of full" in head[0], out.stdout
+  assert any(l.startswith("  test acc ") for l in lines), out.stdout
+  assert "guarantee" in evaluate.load_exit_policy(run_dir)
 
 
 def test_check_args_names_the_parameter():
@@ -239,6 +303,9 @@ def test_check_args_names_the_parameter():
       (dict(delta=1.0), r"^delta must be .* or None for the empirical rule"),
       (dict(eps=0.0), r"^eps must be"),
       (dict(chosen_policy="x"), r"^chosen_policy: unknown exit policy 'x'"),
+      (dict(risk="x"), r"^risk must be .*or None"),
+      (dict(certify_budget=0.5, delta=None), r"^certify_budget needs .* "
+                                             r"give delta"),
   ]:
     with pytest.raises(ValueError, match=match):
       evaluate.check_args(**{**good, **bad})

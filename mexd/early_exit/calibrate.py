@@ -325,7 +325,8 @@ def violation_rate(logits: Array, labels: Array,
   Returns:
     dict of [n_trials] arrays on the held-out part: "drops" (acc_final -
     acc_rule), "consistency" (disagreement with the final exit), "costs"
-    (mean cost), "avg_exit" (mean exit index), "lambdas"; and the rates:
+    (mean cost), "avg_exit" (mean exit index), "early" (share leaving
+    before the final exit), "lambdas"; and the rates:
     "rate" (trials with drop > eps; with a budget only, cost > B; with
     both, either), "risk_rate" (the certified risk > eps: the
     disagreement for "consistency", the drop for "accuracy_drop"),
@@ -347,7 +348,7 @@ def violation_rate(logits: Array, labels: Array,
   if not 0 < n_cal < n:
     raise errors.InputError(f"n_cal must lie in (0, {n}), got {n_cal}")
   out = {k: [] for k in ("drops", "consistency", "costs", "avg_exit",
-                         "lambdas")}
+                         "early", "lambdas")}
   for _ in range(n_trials):
     perm = rng.permutation(n)
     cal, test = perm[:n_cal], perm[n_cal:]
@@ -369,6 +370,7 @@ def violation_rate(logits: Array, labels: Array,
     out["consistency"].append(np.mean(preds[ex, test] != preds[-1, test]))
     out["costs"].append(costs[ex].mean())
     out["avg_exit"].append(ex.mean())
+    out["early"].append(np.mean(ex < s.shape[0] - 1))
     out["lambdas"].append(c.param)
   out = {k: np.asarray(v) for k, v in out.items()}
   tol = 1e-12
