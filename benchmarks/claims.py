@@ -241,6 +241,16 @@ def evaluate_claims(per_setting: Dict[str, Dict[str, Dict[int, Sequence[
   return rows
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple:
+  """Exact two-sided interval (lo, hi) of a binomial rate k / n: the Beta
+  quantiles Beta(a; k, n - k + 1) and Beta(1 - a; k + 1, n - k),
+  a = (1 - level) / 2 (0 and 1 at the edges)."""
+  a = (1.0 - level) / 2.0
+  lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+  hi = 1.0 if k == n else float(stats.beta.ppf(1.0 - a, k + 1, n - k))
+  return lo, hi
+
+
 def format_ci(mean: float, lo: float, hi: float) -> str:
   """'+1.2 [+0.4, +2.0]' in percentage points."""
   if not math.isfinite(lo):

@@ -22,13 +22,14 @@ tables of docs/early_exit.md §2.4.
 
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 import warnings
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import claims
 from benchmarks import common
 from mexd import early_exit as ee
 from mexd import evaluation
@@ -73,26 +74,6 @@ def _run(workdir: Optional[str]) -> evaluation.Run:
       print(f"training the digits default run into {workdir}", flush=True)
       train.train_and_evaluate(c, workdir)
   return evaluation.load_run(workdir)
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95
-                    ) -> Tuple[float, float]:
-  """Exact two-sided interval of a binomial rate k / n (bisection on the
-  binomial CDF)."""
-  a = (1 - level) / 2
-
-  def solve(f):  # f increasing in p on [0, 1]: root of f(p) = 0
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-      mid = (lo + hi) / 2
-      lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
-    return (lo + hi) / 2
-
-  low = 0.0 if k == 0 else solve(
-      lambda p: (1 - a) - bounds_lib.binom_cdf(k - 1, n, p))
-  high = 1.0 if k == n else solve(
-      lambda p: a - bounds_lib.binom_cdf(k, n, p))
-  return low, high
 
 
 def _score(s, preds, labels, costs, thresholds) -> Dict[str, float]:
@@ -166,7 +147,7 @@ def validity(run: evaluation.Run, n_cals, eps: float,
           n_cal=n_cal, exit_costs=run.macs)
       rate = vr["risk_rate"] if kind == "accuracy" else vr["cost_rate"]
       k = int(round(rate * FLAGS.trials))
-      lo, hi = clopper_pearson(k, FLAGS.trials)
+      lo, hi = claims.clopper_pearson(k, FLAGS.trials)
       rows.append({"n_cal": n_cal, "kind": kind, "risk": risk,
                    "bound": bound, "eps": eps if kind == "accuracy" else None,
                    "budget": frac, "violations": k, "trials": FLAGS.trials,

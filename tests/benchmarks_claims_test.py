@@ -82,3 +82,22 @@ def test_evaluate_claims_on_constructed_runs():
   table = claims.claims_markdown(rows).splitlines()
   assert table[0].startswith("| paper | claim |")
   assert "**reproduced**" in table[2] and "exit 1: +3.0 [" in table[2]
+
+
+def test_clopper_pearson_by_hand():
+  # 5 of 50: the exact interval [0.03327, 0.21814] (Clopper & Pearson
+  # 1934; e.g. R's binom.test(5, 50)).
+  lo, hi = claims.clopper_pearson(5, 50)
+  assert lo == pytest.approx(0.033275, abs=1e-5)
+  assert hi == pytest.approx(0.218135, abs=1e-5)
+  # k = 0: upper limit 1 - (a)^(1/n) with a = 0.025 (P(X = 0) = a).
+  assert claims.clopper_pearson(0, 500) == (0.0, pytest.approx(
+      1 - 0.025 ** (1 / 500)))
+  assert claims.clopper_pearson(50, 50)[1] == 1.0
+  # The limits solve P(X >= k; lo) = a and P(X <= k; hi) = a.
+  k, n = 17, 500
+  lo, hi = claims.clopper_pearson(k, n)
+  cdf = lambda j, p: sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i)
+                         for i in range(j + 1))
+  assert 1 - cdf(k - 1, lo) == pytest.approx(0.025, abs=1e-9)
+  assert cdf(k, hi) == pytest.approx(0.025, abs=1e-9)
