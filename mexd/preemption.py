@@ -55,10 +55,16 @@ class Preempted:
 
 
 def resume_command() -> str:
-  """The command line that resumes this run (the same flags)."""
+  """The command line that resumes this run: the program that is running
+  (`python -m <module>` or `python <script>`; in a worker process of a
+  study, the study's) with the same flags."""
   import shlex  # pylint: disable=g-import-not-at-top
-  return "python -m mexd.train " + " ".join(shlex.quote(a)
-                                              for a in sys.argv[1:])
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  program = (f"-m {spec.name}" if spec is not None and spec.name
+             else shlex.quote(sys.argv[0] if sys.argv else "-m mexd.train"))
+  if program.endswith(".__main__"):
+    program = program[:-len(".__main__")]
+  return " ".join(["python", program] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 def stop_reason(done: int, preempted, stop_after: Optional[int],
