@@ -16,17 +16,6 @@ from mexd.losses import common
 Array = jax.Array
 
 
-def _check_range(name: str, value, low: float, high: Optional[float], *,
-                 open_low: bool = False):
-  """Raises InputError unless low <= value <= high (low < value if open)."""
-  ok = value > low if open_low else value >= low
-  ok = ok and (high is None or value <= high)
-  if not ok:
-    lo = "(" if open_low else "["
-    hi = f"{high}]" if high is not None else "inf)"
-    raise errors.InputError(f"{name} must be in {lo}{low}, {hi}, got {value}")
-
-
 def weighted_ce(logits: Array, labels: Array, weights: Array):
   """`sum_i w_i CE(z_i, y)`.
 
@@ -127,7 +116,7 @@ def make_sdn(*, tau_max: Optional[Sequence[float]] = None) -> common.Method:
   if tau_max is not None:
     tau_max = tuple(float(t) for t in tau_max)
     for t in tau_max:
-      _check_range("tau_max entries", t, 0.0, None)
+      common.check_at_least("tau_max entries", t, 0)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state
@@ -197,9 +186,9 @@ def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
 def make_byot(*, alpha: float = 0.3, temperature: float = 3.0,
               feature_weight: float = 0.03) -> common.Method:
   """BYOT: CE everywhere, KD and feature hints from the deepest exit."""
-  _check_range("alpha", alpha, 0.0, 1.0)
-  _check_range("temperature", temperature, 0.0, None, open_low=True)
-  _check_range("feature_weight", feature_weight, 0.0, None)
+  common.check_unit("alpha", alpha)
+  common.check_positive("temperature", temperature)
+  common.check_at_least("feature_weight", feature_weight, 0)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress

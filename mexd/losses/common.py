@@ -8,8 +8,12 @@ Per-example terms come back as `[E, B]` and the method reduces them.
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+from mexd import errors
 
 Array = jax.Array
 PyTree = Any
@@ -97,6 +101,35 @@ def masked_feature_mse(student: Array, teacher: Array) -> Array:
   teacher = jnp.broadcast_to(teacher, student.shape)
   mask = jnp.logical_or(student > 0, teacher > 0)
   return jnp.mean(jnp.where(mask, (student - teacher) ** 2, 0.0), axis=(-2, -1))
+
+
+def check_positive(name: str, value) -> None:
+  """Raises InputError unless `value` is a finite number > 0."""
+  if not (isinstance(value, (int, float)) and math.isfinite(value)
+          and value > 0):
+    raise errors.InputError(f"{name} must be > 0, got {value}")
+
+
+def check_at_least(name: str, value, low: float, why: str = "") -> None:
+  """Raises InputError unless `value >= low` (NaN fails); `why` is appended."""
+  if not value >= low:
+    why = f" ({why})" if why else ""
+    raise errors.InputError(f"{name} must be >= {low:g}{why}, got {value}")
+
+
+def check_unit(name: str, value, *, open_low: bool = False) -> None:
+  """Raises InputError unless `value` is in [0, 1] ((0, 1] if `open_low`)."""
+  ok = 0.0 < value <= 1.0 if open_low else 0.0 <= value <= 1.0
+  if not ok:
+    raise errors.InputError(
+        f"{name} must be in {'(' if open_low else '['}0, 1], got {value}")
+
+
+def check_choice(name: str, value, valid) -> None:
+  """Raises InputError unless `value` is one of `valid`."""
+  if value not in valid:
+    raise errors.InputError(f"unknown {name} {value!r}; valid: "
+                            f"{', '.join(valid)}")
 
 
 def per_exit_metrics(prefix: str, values: Array) -> Metrics:

@@ -20,7 +20,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -54,9 +53,7 @@ def loss_with_targets(logits: Array, labels: Array,
     (loss, metrics) with "loss/ce", "loss/mse" or "loss/kd", "loss/feat" and
     the per-exit "ce/exit{i}", "mse/exit{i}" or "kd/exit{i}", "feat/exit{i}".
   """
-  if output_loss not in OUTPUT_LOSSES:
-    raise errors.InputError(f"unknown output_loss {output_loss!r}; valid: "
-                            f"{', '.join(OUTPUT_LOSSES)}")
+  common.check_choice("output_loss", output_loss, OUTPUT_LOSSES)
   ce = common.ce_per_exit(logits, labels)                          # [E]
   terms = {"ce": jnp.sum(ce)}
   weights = {}
@@ -122,13 +119,9 @@ def make_eed(*, output_loss: str = "mse", temperature: float = 3.0,
              kl_weight: float = 0.1, feature_loss: bool = True
              ) -> common.Method:
   """EED with the authors' defaults (MSE output loss, feature loss on)."""
-  if output_loss not in OUTPUT_LOSSES:
-    raise errors.InputError(f"unknown output_loss {output_loss!r}; valid: "
-                            f"{', '.join(OUTPUT_LOSSES)}")
-  if not temperature > 0:
-    raise errors.InputError(f"temperature must be > 0, got {temperature}")
-  if not kl_weight >= 0:
-    raise errors.InputError(f"kl_weight must be >= 0, got {kl_weight}")
+  common.check_choice("output_loss", output_loss, OUTPUT_LOSSES)
+  common.check_positive("temperature", temperature)
+  common.check_at_least("kl_weight", kl_weight, 0)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress

@@ -101,12 +101,9 @@ def erde_loss(logits: Array, teacher_logits: Array, labels: Array, *,
 
 
 def _check(temperature, alpha, gamma=0.0):
-  if not temperature > 0:
-    raise errors.InputError(f"temperature must be > 0, got {temperature}")
-  if not 0.0 <= alpha <= 1.0:
-    raise errors.InputError(f"alpha must be in [0, 1], got {alpha}")
-  if not gamma >= 0:
-    raise errors.InputError(f"gamma must be >= 0, got {gamma}")
+  common.check_positive("temperature", temperature)
+  common.check_unit("alpha", alpha)
+  common.check_at_least("gamma", gamma, 0)
 
 
 def _make(name, *, temperature, alpha, gamma, kl_on_wrong):

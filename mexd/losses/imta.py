@@ -20,12 +20,10 @@ the model starts from that run's weights (`config.init_workdir`) and trains
 its classifiers only (`config.optimizer.trainable = CLASSIFIERS`).
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
 
-from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -83,14 +81,9 @@ def make_imta(*, temperature: float = 3.0, gamma: float = 0.9,
   target: "self" (the model's own final exit, one training stage) or
   "teacher" (a frozen first-stage run's final exit; needs a teacher).
   """
-  if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-          and temperature > 0):
-    raise errors.InputError(f"temperature must be > 0, got {temperature}")
-  if not 0.0 <= gamma <= 1.0:
-    raise errors.InputError(f"gamma must be in [0, 1], got {gamma}")
-  if target not in TARGETS:
-    raise errors.InputError(f"unknown target {target!r}; valid: "
-                            f"{', '.join(TARGETS)}")
+  common.check_positive("temperature", temperature)
+  common.check_unit("gamma", gamma)
+  common.check_choice("target", target, TARGETS)
   from_teacher = target == "teacher"
 
   def loss_fn(outputs, labels, *, params, state, progress):

@@ -102,9 +102,8 @@ def mate_loss(logits: Array, labels: Array, ensemble_logits: Array, *,
   if ensemble_logits.shape != (num_exits, num_exits):
     raise ValueError(f"MATE ensemble_logits has shape {ensemble_logits.shape}"
                      f" but the model has {num_exits} exits")
-  if weights_objective not in WEIGHTS_OBJECTIVES:
-    raise errors.InputError(f"unknown weights_objective {weights_objective!r}; "
-                            f"valid: {', '.join(WEIGHTS_OBJECTIVES)}")
+  common.check_choice("weights_objective", weights_objective,
+                      WEIGHTS_OBJECTIVES)
   logits = logits.astype(jnp.float32)
   w = teacher_weights(ensemble_logits, restrict_deeper=restrict_deeper)
   # Teachers see the exits only through stop_gradient: A alone is trained.
@@ -147,15 +146,13 @@ def make_mate(*, temperature: float = 3.0,
               restrict_deeper: bool = False,
               weights_objective: str = "ce") -> common.Method:
   """MATE (project reading, docs/methods.md §3.1); A is in `params`."""
-  if not temperature > 0:
-    raise errors.InputError(f"temperature must be > 0, got {temperature}")
+  common.check_positive("temperature", temperature)
   betas = np.atleast_1d(np.asarray(beta, np.float64))
   if betas.ndim != 1 or not np.all((betas >= 0) & (betas <= 1)):
     raise errors.InputError(f"beta must be in [0, 1] (or a sequence of such), "
                             f"got {beta}")
-  if weights_objective not in WEIGHTS_OBJECTIVES:
-    raise errors.InputError(f"unknown weights_objective {weights_objective!r}; "
-                            f"valid: {', '.join(WEIGHTS_OBJECTIVES)}")
+  common.check_choice("weights_objective", weights_objective,
+                      WEIGHTS_OBJECTIVES)
   beta = float(betas[0]) if np.ndim(beta) == 0 else tuple(betas.tolist())
 
   def loss_fn(outputs, labels, *, params, state, progress):

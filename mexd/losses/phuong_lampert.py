@@ -16,7 +16,6 @@ distillation term, which is averaged over the whole batch.
 import jax
 import jax.numpy as jnp
 
-from mexd import errors
 from mexd.losses import common
 
 Array = jax.Array
@@ -69,22 +68,16 @@ def update_temperature(temperature: Array, mean_max_prob: Array, *,
 
 
 def _check(c, temperature):
-  if not 0.0 <= c <= 1.0:
-    raise errors.InputError(
-        f"c (the distillation weight C) must be in [0, 1], got {c}")
-  if not temperature > 0:
-    raise errors.InputError(f"temperature must be > 0, got {temperature}")
+  common.check_unit("c (the distillation weight C)", c)
+  common.check_positive("temperature", temperature)
 
 
 def make_pl(*, c: float = 0.5, t0: float = 1.0, t_mult: float = 1.05,
             max_prob: float = 0.5, global_scale: float = 1.0) -> common.Method:
   """Phuong & Lampert with the adaptive temperature (authors' defaults)."""
   _check(c, t0)
-  if t_mult < 1.0:
-    raise errors.InputError(
-        f"t_mult must be >= 1 (T never decreases), got {t_mult}")
-  if not 0.0 < max_prob <= 1.0:
-    raise errors.InputError(f"max_prob must be in (0, 1], got {max_prob}")
+  common.check_at_least("t_mult", t_mult, 1, "T never decreases")
+  common.check_unit("max_prob", max_prob, open_low=True)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, progress
