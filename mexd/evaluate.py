@@ -32,13 +32,15 @@ Reported:
    predictions are checked against the simulation) and its wall-clock against
    the one-pass network, next to the ideal speed-up of the cost model.
 
-This module is the command line; the evaluation itself is
-`mexd.evaluation.evaluate_run` (re-exported here with the other library
-functions).
+This module is the command line and its printed summary (`format_summary`);
+the evaluation itself is `mexd.evaluation.evaluate_run`, its arguments'
+checks `mexd.evaluation_args.check_args` (both re-exported here with the
+other library functions).
 """
 
 import re
 import sys
+from typing import Any, Dict
 
 from absl import app
 from absl import flags
@@ -47,13 +49,66 @@ from absl import logging
 from mexd import errors
 from mexd.cpu import hostmem
 # The library API, importable from here as well.
-from mexd.evaluation import (_VALID, _valid, check_args,  # pylint: disable=unused-import
-                             checkpoint_report, evaluate_run, format_summary)
+from mexd.evaluation import checkpoint_report, evaluate_run  # pylint: disable=unused-import
+from mexd.evaluation_args import _VALID, _valid, check_args  # pylint: disable=unused-import
 from mexd.exit_policy import (decode_thresholds, encode_thresholds,  # pylint: disable=unused-import
                               load_eval, load_exit_policy)
 
 
 FLAGS = flags.FLAGS
+
+
+def format_summary(res: Dict[str, Any]) -> str:
+  """A short text report of an evaluate_run result."""
+  step = res.get("checkpoint", {}).get("step")
+  lines = [f"{res['data']} / {res['model']} / {res['method']}"
+           + (f" (checkpoint step {step})" if step is not None else ""),
+           "exit   MACs        test acc"]
+  for k, (m, a) in enumerate(zip(res["anytime"]["macs"],
+                                 res["anytime"]["test_acc"])):
+    lines.append(f"{k:>4}   {m:>10.3g}  {100 * a:6.2f}%")
+  d = res["accuracy_drop"]
+  g = d.get("guarantee", {})
+  how = (f", {g['risk']} risk, {g['bound']} bound" if g else
+         " (empirical, no guarantee)")
+  lines.append(
+      f"policy {d['policy']}, eps={d['eps']}, delta={d['delta']}{how}: test "
+      f"acc {100 * d['test_acc']:.2f}% (drop {100 * d['test_drop']:.2f} "
+      f"points), avg MACs {d['test_avg_macs']:.3g} (ideal speed-up "
+      f"{d['ideal_speedup']:.2f}x)")
+  if d.get("note"):
+    lines.append(f"note: {d['note']}")
+  if res.get("checkpoint", {}).get("warning"):
+    lines.append(f"warning: {res['checkpoint']['warning']}")
+  if "violation_rate" in d:
+    lines.append(f"guarantee violated in {100 * d['violation_rate']:.1f}% of "
+                 f"{d['violation_trials']} random splits")
+  if "certified" in res:
+    c, g = res["certified"], res["certified"]["guarantee"]
+    head = (f"certified: drop <= {d['eps']} and avg MACs <= "
+            f"{c['budget_macs']:.3g} ({100 * c['budget_fraction']:g}% of "
+            f"full) w.p. >= {1 - d['delta']:g}")
+    if not g["feasible"]:
+      lines.append(f"{head}: infeasible, {g['binding']} binds; saved the "
+                   "budget-only rule")
+      lines.append(f"warning: {g['note']}")
+    else:
+      lines.append(f"{head} ({g['binding']} binds)")
+    lines.append(
+        f"  test acc {100 * c['test_acc']:.2f}% (drop "
+        f"{100 * c['test_drop']:.2f} points), avg MACs "
+        f"{c['test_avg_macs']:.3g} (ideal speed-up {c['ideal_speedup']:.2f}x)"
+        + (f"; violated in {100 * c['violation_rate']:.1f}% of "
+           f"{c['violation_trials']} random splits" if "violation_rate" in c
+           else ""))
+  if "staged" in res:
+    s = res["staged"]
+    lines.append(f"staged inference: {s['measured_speedup']:.2f}x measured "
+                 f"vs {s['ideal_speedup']:.2f}x ideal "
+                 f"({100 * s['fraction_of_ideal']:.0f}% of ideal); agrees "
+                 f"with simulation on {100 * s['agreement_with_simulation']:.2f}%")
+  return "\n".join(lines)
+
 
 
 def define_flags():

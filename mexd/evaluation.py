@@ -19,6 +19,7 @@ import numpy as np
 from mexd import data as data_lib
 from mexd import early_exit as ee
 from mexd import errors
+from mexd.evaluation_args import check_args
 from mexd import exit_policy
 from mexd import paths
 from mexd import predict
@@ -81,94 +82,6 @@ def staged_speedup(model, variables, images: np.ndarray, thresholds,
   return {"predictions": out["pred"], "exits": out["exit"],
           "seconds_full": t_full, "seconds_staged": t_staged,
           "speedup": t_full / t_staged}
-
-
-# What each argument accepts; the CLI flag of `chosen_policy` is --policy.
-_VALID = {
-    "policies": "a comma-separated list of exit policies ({policies})",
-    "budgets": "comma-separated fractions of the full network's cost in "
-               "(0, 1], e.g. 0.5,0.8",
-    "eps": "a tolerated accuracy drop in (0, 1), e.g. 0.02",
-    "delta": "a failure probability in (0, 1), or {none} for the empirical "
-             "rule (no guarantee)",
-    "trials": "an integer >= 0 (0 skips the violation rate)",
-    "policy": "one exit policy ({policies})",
-    "workdir": "the work directory of a training run",
-    "bound": "a concentration bound ({bounds})",
-    "risk": "the certified risk ({risks}), or {auto} (accuracy_drop: "
-            "the labels are there)",
-    "certify_budget": "a fraction of the full network's cost in (0, 1] "
-                      "(a certified average-cost budget, with --delta), or "
-                      "{none_budget} for none",
-}
-
-
-def _valid(flag: str, cli: bool) -> str:
-  return _VALID[flag].format(
-      policies=", ".join(ee.policy_names()), none="0" if cli else "None",
-      bounds=", ".join(("auto",) + ee.bounds.BOUNDS),
-      risks=", ".join(ee.certify.RISKS), auto="'' (empty)" if cli else "None",
-      none_budget="0" if cli else "None")
-
-
-def check_args(*, policies: Sequence[str], budgets: Sequence[float],
-               eps: float, delta, trials: int, chosen_policy: str,
-               bound: str = ee.bounds.DEFAULT_BOUND,
-               risk: Optional[str] = None,
-               certify_budget: Optional[float] = None,
-               cli: bool = False) -> None:
-  """Checks the arguments of `evaluate_run` before anything is loaded.
-
-  Raises:
-    InputError: naming the argument (its --flag if `cli`) and what it
-      accepts.
-  """
-  def name(flag, arg=None):
-    return f"--{flag}" if cli else (arg or flag)
-
-  def bad(flag, got, arg=None):
-    raise errors.InputError(
-        f"{name(flag, arg)} must be {_valid(flag, cli)}; got "
-        f"{got}")
-
-  if not policies:
-    bad("policies", "an empty list")
-  for flag, arg, values in (("policies", None, policies),
-                            ("policy", "chosen_policy", [chosen_policy])):
-    for p in values:
-      try:
-        ee.policies.check_policy(p)
-      except ValueError as e:
-        raise errors.InputError(f"{name(flag, arg)}: {e}") from None
-  if not budgets:
-    bad("budgets", "an empty list")
-  for b in budgets:
-    if not 0 < b <= 1:
-      bad("budgets", b)
-  if not 0 < eps < 1:
-    bad("eps", eps)
-  if delta is not None and not 0 < delta < 1:
-    bad("delta", delta)
-  if isinstance(trials, bool) or int(trials) != trials or trials < 0:
-    bad("trials", trials)
-  if bound not in ("auto",) + ee.bounds.BOUNDS:
-    bad("bound", repr(bound))
-  if risk is not None and risk not in ee.certify.RISKS:
-    bad("risk", repr(risk))
-  if bound == "binomial" and (risk != "consistency"
-                              or certify_budget is not None):
-    raise errors.InputError(
-        f"{name('bound')}=binomial is exact for 0/1 losses only: use it "
-        f"with {name('risk')}=consistency and without "
-        f"{name('certify_budget')} (the accuracy drop and the cost take "
-        "values in between)")
-  if certify_budget is not None:
-    if not 0 < certify_budget <= 1:
-      bad("certify_budget", certify_budget)
-    if delta is None:
-      raise errors.InputError(
-          f"{name('certify_budget')} needs a guarantee level: give "
-          f"{name('delta')} in (0, 1)")
 
 
 def checkpoint_report(workdir: str, ckpt: workdir_lib.RunCheckpoint
@@ -487,55 +400,3 @@ def write_outputs(run: Run, res: Dict[str, Any], curves, cal, policy: str,
     policy_json["guarantee"] = saved["guarantee"]
   exit_policy.write_strict_json(paths.path(run.workdir) / "exit_policy.json",
                                 policy_json)
-
-
-def format_summary(res: Dict[str, Any]) -> str:
-  """A short text report of an evaluate_run result."""
-  step = res.get("checkpoint", {}).get("step")
-  lines = [f"{res['data']} / {res['model']} / {res['method']}"
-           + (f" (checkpoint step {step})" if step is not None else ""),
-           "exit   MACs        test acc"]
-  for k, (m, a) in enumerate(zip(res["anytime"]["macs"],
-                                 res["anytime"]["test_acc"])):
-    lines.append(f"{k:>4}   {m:>10.3g}  {100 * a:6.2f}%")
-  d = res["accuracy_drop"]
-  g = d.get("guarantee", {})
-  how = (f", {g['risk']} risk, {g['bound']} bound" if g else
-         " (empirical, no guarantee)")
-  lines.append(
-      f"policy {d['policy']}, eps={d['eps']}, delta={d['delta']}{how}: test "
-      f"acc {100 * d['test_acc']:.2f}% (drop {100 * d['test_drop']:.2f} "
-      f"points), avg MACs {d['test_avg_macs']:.3g} (ideal speed-up "
-      f"{d['ideal_speedup']:.2f}x)")
-  if d.get("note"):
-    lines.append(f"note: {d['note']}")
-  if res.get("checkpoint", {}).get("warning"):
-    lines.append(f"warning: {res['checkpoint']['warning']}")
-  if "violation_rate" in d:
-    lines.append(f"guarantee violated in {100 * d['violation_rate']:.1f}% of "
-                 f"{d['violation_trials']} random splits")
-  if "certified" in res:
-    c, g = res["certified"], res["certified"]["guarantee"]
-    head = (f"certified: drop <= {d['eps']} and avg MACs <= "
-            f"{c['budget_macs']:.3g} ({100 * c['budget_fraction']:g}% of "
-            f"full) w.p. >= {1 - d['delta']:g}")
-    if not g["feasible"]:
-      lines.append(f"{head}: infeasible, {g['binding']} binds; saved the "
-                   "budget-only rule")
-      lines.append(f"warning: {g['note']}")
-    else:
-      lines.append(f"{head} ({g['binding']} binds)")
-    lines.append(
-        f"  test acc {100 * c['test_acc']:.2f}% (drop "
-        f"{100 * c['test_drop']:.2f} points), avg MACs "
-        f"{c['test_avg_macs']:.3g} (ideal speed-up {c['ideal_speedup']:.2f}x)"
-        + (f"; violated in {100 * c['violation_rate']:.1f}% of "
-           f"{c['violation_trials']} random splits" if "violation_rate" in c
-           else ""))
-  if "staged" in res:
-    s = res["staged"]
-    lines.append(f"staged inference: {s['measured_speedup']:.2f}x measured "
-                 f"vs {s['ideal_speedup']:.2f}x ideal "
-                 f"({100 * s['fraction_of_ideal']:.0f}% of ideal); agrees "
-                 f"with simulation on {100 * s['agreement_with_simulation']:.2f}%")
-  return "\n".join(lines)

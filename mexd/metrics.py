@@ -1,4 +1,5 @@
-"""Metric writers: JSON lines (always), TensorBoard (tensorboardX), logging.
+"""Metric writers: JSON lines (always), TensorBoard (tensorboardX), logging;
+the training loop's step metrics (`TrainMetrics`) and progress bar.
 
 Only process 0 writes; other processes get a writer that drops everything.
 The work directory may be a local folder or a bucket (gs://BUCKET/PATH); see
@@ -9,8 +10,9 @@ import atexit
 import json
 import math
 import os
+import sys
 import time
-from typing import Mapping
+from typing import Dict, Mapping
 
 from absl import logging
 from etils import epath
@@ -126,3 +128,65 @@ def read_jsonl(path: str):
   """All rows of a metrics.jsonl file (a local path or a URI) as dicts."""
   text = epath.Path(path).read_text()
   return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class TrainMetrics:
+  """The step metrics between two log steps: kept on device (at most two
+  steps in flight, so the ETA is honest), then averaged, checked for
+  non-finite values and written with the learning rate and images/s."""
+
+  def __init__(self, config, lr_fn, writer, lock, bar):
+    self.config, self.lr_fn, self.writer = config, lr_fn, writer
+    self.lock, self.bar = lock, bar
+    self.pending = []
+    self.t0 = self.t_log = time.time()
+
+  def add(self, metrics: Dict[str, jax.Array]):
+    self.pending.append(metrics)
+    if len(self.pending) > 2:
+      jax.block_until_ready(self.pending[-3]["loss"])
+
+  def write(self, step: int):
+    rows = jax.device_get(self.pending)
+    avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    check_finite(rows, step - len(rows), self.config)
+    avg["lr"] = float(self.lr_fn(step - 1))
+    now = time.time()
+    avg["images_per_sec"] = (len(rows) * self.config.batch_size
+                             / max(now - self.t_log, 1e-9))
+    self.t_log = now
+    self.writer.write_scalars(step, avg)
+    self.lock.refresh()
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{avg['loss']:.3f}", refresh=False)
+    self.pending = []
+
+  def advance(self):
+    """One step done (the progress bar)."""
+    if self.bar is not None:
+      self.bar.update(1)
+
+
+def progress_bar(config, start: int, total: int):
+  """A tqdm bar on process 0 (None elsewhere, when finished or disabled)."""
+  if (jax.process_index() or not config.get("progress_bar", True)
+      or start >= total):
+    return None
+  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=start, unit="step",
+                   dynamic_ncols=True, file=sys.stdout,
+                   desc=f"{config.data.name}/{config.method}")
+
+
+def check_finite(rows, first_step: int, config):
+  """Stops the run at the first non-finite step (config.nonfinite="stop")."""
+  for i, r in enumerate(rows):
+    if r["nonfinite"] > 0 and config.get("nonfinite", "stop") == "stop":
+      bad = sorted(k for k, v in r.items()
+                   if k.startswith("loss") and not np.isfinite(v))
+      what = (f"non-finite loss term(s) {', '.join(bad)}" if bad
+              else "non-finite gradients")
+      raise FloatingPointError(
+          f"step {first_step + i + 1}: {what}; the update was not applied. "
+          "Lower the learning rate, or set --config.nonfinite=skip to skip "
+          "such steps.")

@@ -194,11 +194,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     save = _Saver(manager, workdir, setup.abstract)
     writer = metrics_lib.MetricWriter(workdir)
     stack.callback(writer.close)  # On a bucket, uploads the rows in memory.
-    bar = _progress_bar(config, start, setup.total_steps)
+    bar = metrics_lib.progress_bar(config, start, setup.total_steps)
     if bar is not None:
       stack.callback(bar.close)
     evaluate = _Evaluator(setup, writer)
-    log = _TrainMetrics(config, setup.lr_fn, writer, lock, bar)
+    log = metrics_lib.TrainMetrics(config, setup.lr_fn, writer, lock, bar)
     with preemption.Preempted() as preempted:
       state, done, stop = _loop(setup, state, state_sh, start, save,
                                 evaluate, log, preempted, stop_after)
@@ -354,68 +354,6 @@ class _Evaluator:
         **{f"ens_acc/exit{k}": a for k, a in enumerate(res["ens_acc"])}},
                               split=split)
     return res
-
-
-class _TrainMetrics:
-  """The step metrics between two log steps: kept on device (at most two
-  steps in flight, so the ETA is honest), then averaged, checked for
-  non-finite values and written with the learning rate and images/s."""
-
-  def __init__(self, config, lr_fn, writer, lock, bar):
-    self.config, self.lr_fn, self.writer = config, lr_fn, writer
-    self.lock, self.bar = lock, bar
-    self.pending = []
-    self.t0 = self.t_log = time.time()
-
-  def add(self, metrics: Dict[str, jax.Array]):
-    self.pending.append(metrics)
-    if len(self.pending) > 2:
-      jax.block_until_ready(self.pending[-3]["loss"])
-
-  def write(self, step: int):
-    rows = jax.device_get(self.pending)
-    avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    _check_finite(rows, step - len(rows), self.config)
-    avg["lr"] = float(self.lr_fn(step - 1))
-    now = time.time()
-    avg["images_per_sec"] = (len(rows) * self.config.batch_size
-                             / max(now - self.t_log, 1e-9))
-    self.t_log = now
-    self.writer.write_scalars(step, avg)
-    self.lock.refresh()
-    if self.bar is not None:
-      self.bar.set_postfix(loss=f"{avg['loss']:.3f}", refresh=False)
-    self.pending = []
-
-  def advance(self):
-    """One step done (the progress bar)."""
-    if self.bar is not None:
-      self.bar.update(1)
-
-
-def _progress_bar(config, start: int, total: int):
-  """A tqdm bar on process 0 (None elsewhere, when finished or disabled)."""
-  if (jax.process_index() or not config.get("progress_bar", True)
-      or start >= total):
-    return None
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, initial=start, unit="step",
-                   dynamic_ncols=True, file=sys.stdout,
-                   desc=f"{config.data.name}/{config.method}")
-
-
-def _check_finite(rows, first_step: int, config):
-  """Stops the run at the first non-finite step (config.nonfinite="stop")."""
-  for i, r in enumerate(rows):
-    if r["nonfinite"] > 0 and config.get("nonfinite", "stop") == "stop":
-      bad = sorted(k for k, v in r.items()
-                   if k.startswith("loss") and not np.isfinite(v))
-      what = (f"non-finite loss term(s) {', '.join(bad)}" if bad
-              else "non-finite gradients")
-      raise FloatingPointError(
-          f"step {first_step + i + 1}: {what}; the update was not applied. "
-          "Lower the learning rate, or set --config.nonfinite=skip to skip "
-          "such steps.")
 
 
 @contextlib.contextmanager
