@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mexd import errors
 
@@ -35,11 +36,13 @@ def ce_per_example(logits: Array, labels: Array) -> Array:
   Returns:
     [E, B] (or [B]) float32 `-log softmax(logits)[..., y]`.
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  safe = jnp.maximum(labels, 0)
-  picked = jnp.take_along_axis(
-      logp, jnp.broadcast_to(safe[:, None], logp.shape[:-1] + (1,)), axis=-1)
-  return -picked[..., 0] * labeled_mask(labels)
+  # optax's CE with integer labels; the mask is ours (optax has no
+  # "unlabeled" index), so negative labels are clamped to a valid class and
+  # their CE multiplied by 0.
+  safe = jnp.broadcast_to(jnp.maximum(labels, 0), logits.shape[:-1])
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), safe)
+  return ce * labeled_mask(labels)
 
 
 def masked_mean(x: Array, mask: Array) -> Array:
@@ -67,13 +70,16 @@ def soft_ce(teacher_probs: Array, student_logits: Array,
   Returns:
     [...] `-sum_c q_c log softmax(z / T)_c`.
   """
-  logp = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
-                            axis=-1)
-  return -jnp.sum(teacher_probs * logp, axis=-1)
+  return optax.losses.softmax_cross_entropy(
+      student_logits.astype(jnp.float32) / temperature, teacher_probs)
 
 
 def entropy(probs: Array) -> Array:
-  """[...] Shannon entropy (nats) of probs [..., C]; 0 log 0 = 0."""
+  """[...] Shannon entropy (nats) of probs [..., C]; 0 log 0 = 0.
+
+  Hand-written: optax has no entropy of a distribution, and the double
+  `where` keeps the gradient finite at probabilities that are exactly 0.
+  """
   return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(
       jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
 
@@ -85,7 +91,7 @@ def kl_per_example(teacher_logits: Array, student_logits: Array,
                              axis=-1)
   log_p = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
                              axis=-1)
-  return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
+  return optax.losses.kl_divergence_with_log_targets(log_p, log_q)
 
 
 def masked_feature_mse(student: Array, teacher: Array) -> Array:
