@@ -67,12 +67,12 @@ def _run(workdir: Optional[str]) -> evaluation.Run:
   if workdir is None:
     workdir = FLAGS.train_dir
     if not os.path.exists(os.path.join(workdir, "results.json")):
-      from mexd import train  # pylint: disable=import-outside-toplevel
+      from mexd import trainer  # pylint: disable=import-outside-toplevel
       from mexd.configs import digits  # pylint: disable=import-outside-toplevel
       c = digits.get_config()
       c.progress_bar = False
       print(f"training the digits default run into {workdir}", flush=True)
-      train.train_and_evaluate(c, workdir)
+      trainer.train_and_evaluate(c, workdir)
   return evaluation.load_run(workdir)
 
 

@@ -9,7 +9,7 @@ A protocol fixes the data set, settings, methods, seeds and budget (see
 PROTOCOLS); any flag given explicitly overrides it. For every (setting,
 method, seed) one run is trained in
 `<workroot>/<name>/<setting>/<method>/seed<k>` with
-`mexd.train.train_and_evaluate`, then the script writes
+`mexd.trainer.train_and_evaluate`, then the script writes
 
 * `<out>/methods_<name>.json`: every run's per-exit val/test accuracy, steps
   and wall-clock; per method the mean +- std over seeds and the paired

@@ -2,7 +2,7 @@
 
 Each recipe is the config a researcher would run (`configs/cifar100.py:eed`,
 `configs/cub200.py`, ...) with its `runlocal=True` variant (1 epoch, small
-batch), trained by `mexd.train.train_and_evaluate` on tiny data written in
+batch), trained by `mexd.trainer.train_and_evaluate` on tiny data written in
 the real on-disk format (`mexd.data.mock`: CIFAR python archives, tfds
 array_record sets), so the loader, model, method, sharded step, checkpoints
 and evaluation all run as they would on the real data. Teacher-student
@@ -28,7 +28,7 @@ import jax
 
 from benchmarks import common
 from mexd import configs
-from mexd import train
+from mexd import trainer
 from mexd.data import mock
 
 # (recipe name, config file, config arg, teacher recipe or None).
@@ -117,7 +117,7 @@ def run(recipe: str, workroot: str, data_dir: str,
   write_mock(data_dir, config.data.name)
   workdir = os.path.join(workroot, recipe.replace(":", "_"))
   t0 = time.time()
-  res = train.train_and_evaluate(config, workdir, overwrite=True)
+  res = trainer.train_and_evaluate(config, workdir, overwrite=True)
   wall = time.time() - t0
   return {
       "recipe": recipe, "config": f"{config_file}:{arg}",

@@ -1,6 +1,6 @@
 """The runs of the method comparison: configs, the plan, training, resume.
 
-Every (setting, method, seed) is one `mexd.train.train_and_evaluate` run in
+Every (setting, method, seed) is one `mexd.trainer.train_and_evaluate` run in
 `<workroot>/<setting>/<method>/seed<k>`. `plan` lists a sweep's runs
 (seed-major; teachers before their students), `run_tasks` runs them one or
 `jobs` at a time, and `run_one` trains a run or reads it back: from the
@@ -26,7 +26,7 @@ from mexd import configs
 from mexd import data as data_lib
 from mexd import predict
 from mexd import sharding
-from mexd import train
+from mexd import trainer
 from mexd import workdir as workdir_lib
 from mexd.losses import imta
 from mexd.models import costs
@@ -213,7 +213,7 @@ def run_one(task: Dict[str, Any], need_workdir: bool = False
       raise RuntimeError("not run (--report_only; out of time budget)")
     else:
       t0 = time.time()
-      train.train_and_evaluate(config, workdir, overwrite=True)
+      trainer.train_and_evaluate(config, workdir, overwrite=True)
       # How many runs shared the machine: the wall-clock depends on it.
       bench = {"wall_seconds": time.time() - t0,
                "jobs": task.get("jobs", 1)}
