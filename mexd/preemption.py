@@ -60,8 +60,13 @@ def resume_command() -> str:
   study, the study's) with the same flags."""
   import shlex  # pylint: disable=g-import-not-at-top
   spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-  program = (f"-m {spec.name}" if spec is not None and spec.name
-             else shlex.quote(sys.argv[0] if sys.argv else "-m mexd.train"))
+  script = sys.argv[0] if sys.argv else ""
+  if spec is not None and spec.name:
+    program = f"-m {spec.name}"
+  elif script and script != "-c":
+    program = shlex.quote(script)
+  else:  # `python -c` (tests, notebooks): the training command line.
+    program = "-m mexd.train"
   if program.endswith(".__main__"):
     program = program[:-len(".__main__")]
   return " ".join(["python", program] + [shlex.quote(a) for a in sys.argv[1:]])
