@@ -110,7 +110,6 @@ def format_summary(res: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-
 def define_flags():
   flags.DEFINE_string("workdir", None, "Work directory of a training run "
                       "(a local folder or gs://BUCKET/PATH).",

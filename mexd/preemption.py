@@ -61,14 +61,12 @@ def resume_command() -> str:
   import shlex  # pylint: disable=g-import-not-at-top
   spec = getattr(sys.modules.get("__main__"), "__spec__", None)
   script = sys.argv[0] if sys.argv else ""
-  if spec is not None and spec.name:
-    program = f"-m {spec.name}"
+  if spec is not None and spec.name:  # python -m pkg runs pkg.__main__.
+    program = "-m " + spec.name.removesuffix(".__main__")
   elif script and script != "-c":
     program = shlex.quote(script)
   else:  # `python -c` (tests, notebooks): the training command line.
     program = "-m mexd.train"
-  if program.endswith(".__main__"):
-    program = program[:-len(".__main__")]
   return " ".join(["python", program] + [shlex.quote(a) for a in sys.argv[1:]])
 
 

@@ -110,9 +110,13 @@ def masked_feature_mse(student: Array, teacher: Array) -> Array:
 
 
 def check_positive(name: str, value) -> None:
-  """Raises InputError unless `value` is a finite number > 0."""
-  if not (isinstance(value, (int, float)) and math.isfinite(value)
-          and value > 0):
+  """Raises InputError unless `value` is a finite real number > 0 (a Python,
+  NumPy or 0-d JAX scalar)."""
+  try:
+    ok = math.isfinite(float(value)) and float(value) > 0
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
     raise errors.InputError(f"{name} must be > 0, got {value}")
 
 

@@ -66,6 +66,20 @@ def test_out_of_range_hparams(name, hp, match):
     losses.get_method(name, **hp)
 
 
+@pytest.mark.parametrize("name,hp", [
+    ("byot", "temperature"), ("eed", "temperature"), ("mate", "temperature"),
+    ("erde", "temperature"), ("kd", "temperature"), ("imta", "temperature"),
+    ("pl", "t0"), ("pl_const", "temperature")])
+def test_numpy_and_jax_scalars_are_accepted(name, hp):
+  # A temperature read from an array (np.float32, a 0-d jnp array) is a
+  # number like any other; 0 of the same types is still refused.
+  for value in (np.float32(2.0), jnp.asarray(2.0)):
+    losses.get_method(name, **{hp: value})
+  for value in (np.float32(0.0), jnp.asarray(float("nan"))):
+    with pytest.raises(ValueError, match="must be > 0"):
+      losses.get_method(name, **{hp: value})
+
+
 def test_defaults_match_methods_md():
   for name in ALL:
     method = losses.get_method(name)
