@@ -88,6 +88,16 @@ def test_no_module_imports_an_entry_point():
     assert not bad, f"{mod} imports the entry point(s) {sorted(bad)}"
 
 
+def test_the_deploy_runtime_imports_no_model_code():
+  # mexd.deploy runs an export with jax and NumPy: of mexd only these two
+  # plain-Python modules (mexd.cpu: the package's switch, not its layers).
+  for path in (PKG / "deploy").rglob("*.py"):
+    for m in mexd_imports(path.read_text()):
+      assert m.startswith("mexd.deploy") or m in (
+          "mexd.errors", "mexd.cpu"), (
+              f"{path.relative_to(PKG)} imports {m}")
+
+
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_layers_import_nothing_above_them(layer):
   own = f"mexd.{layer}"

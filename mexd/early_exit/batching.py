@@ -10,13 +10,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from mexd.deploy import buckets
 
 
-def pad_index(idx: np.ndarray, size: int) -> np.ndarray:
-  """Pads row indices [n] to [size] by repeating the last one."""
-  return np.concatenate([idx, np.full(size - idx.size, idx[-1])]).astype(
-      np.int32)
+pad_index = buckets.pad_index  # Row indices [n] -> int32 [size].
 
 
 @jax.jit

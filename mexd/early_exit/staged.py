@@ -46,6 +46,7 @@ import numpy as np
 
 from mexd import errors
 from mexd.cpu import xla_options
+from mexd.deploy import buckets as buckets_lib
 from mexd.early_exit import batching
 from mexd.early_exit import inputs
 from mexd.early_exit import policies
@@ -69,12 +70,8 @@ class StagedResult(NamedTuple):
   padded: np.ndarray
 
 
-def default_bucket(n: int) -> int:
-  """Smallest 2^k or 3 * 2^(k-1) >= n (1, 2, 3, 4, 6, 8, 12, 16, ...)."""
-  n = max(1, int(n))
-  p = 1 << (n - 1).bit_length()  # Power of two >= n.
-  three_quarters = 3 * p // 4
-  return three_quarters if p >= 4 and three_quarters >= n else p
+# Smallest 2^k or 3 * 2^(k-1) >= n (1, 2, 3, 4, 6, 8, 12, 16, ...).
+default_bucket = buckets_lib.default_bucket
 
 
 def _all_scores(logits, state):
@@ -250,13 +247,10 @@ class StagedPredictor:
 
   def bucket(self, n: int) -> int:
     """The padded batch size for n live examples."""
-    if self.buckets is None:
-      return default_bucket(n)
-    for b in self.buckets:
-      if b >= n:
-        return b
-    raise errors.InputError(f"{n} examples exceed the largest bucket "
-                            f"{self.buckets[-1]}")
+    try:
+      return buckets_lib.bucket(n, self.buckets)
+    except ValueError as e:
+      raise errors.InputError(str(e)) from None
 
   def run(self, images: Array) -> StagedResult:
     """Early-exit predictions with per-stage statistics.
