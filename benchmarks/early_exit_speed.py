@@ -43,6 +43,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
+from benchmarks import fixtures
 from mexd import models
 from mexd.cpu import xla_options
 from mexd.early_exit import policies
@@ -102,26 +103,6 @@ def stage_times(model, variables, x, reps):
   return np.cumsum(per)
 
 
-def thresholds_for(scores, p):
-  """[E] thresholds making a fraction p of the live examples exit at k < E-1.
-
-  scores: [E, N] max-prob scores of the one-pass logits.
-  """
-  e, n = scores.shape
-  alive = np.ones(n, bool)
-  theta = np.full(e, -np.inf, np.float32)
-  for k in range(e - 1):
-    s = np.sort(scores[k][alive])[::-1]
-    m = int(round(p * s.size))
-    if m == 0:
-      theta[k] = np.inf
-      continue
-    # Midway between the m-th and (m+1)-th best scores (robust to rounding).
-    theta[k] = s[m - 1] if m == s.size else 0.5 * (s[m - 1] + s[m])
-    alive &= ~(scores[k] >= theta[k])
-  return theta
-
-
 def bench_model(name, *, n=None, batch=None, modes=("batch", "pooled"),
                 fractions=(0.25, 0.5, 0.75), reps=5, latency_reps=20):
   """(rows, batch-1 latency rows, cascade costs) of model `name`."""
@@ -147,7 +128,7 @@ def bench_model(name, *, n=None, batch=None, modes=("batch", "pooled"),
 
   rows = []
   for p in fractions:
-    theta = thresholds_for(scores, p)
+    theta = fixtures.thresholds_for(scores, p)
     pred = staged.StagedPredictor(model, variables, theta, "max_prob")
     for mode in modes:
       b = n if mode == "batch" else bsz

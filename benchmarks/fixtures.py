@@ -209,3 +209,22 @@ def param_count(setup: StepSetup) -> int:
   return int(sum(np.prod(a.shape)
                  for a in jax.tree.leaves(setup.state.params["model"])))
 
+
+def thresholds_for(scores, p):
+  """[E] thresholds making a fraction p of the live examples exit at k < E-1.
+
+  scores: [E, N] max-prob scores of the one-pass logits.
+  """
+  e, n = scores.shape
+  alive = np.ones(n, bool)
+  theta = np.full(e, -np.inf, np.float32)
+  for k in range(e - 1):
+    s = np.sort(scores[k][alive])[::-1]
+    m = int(round(p * s.size))
+    if m == 0:
+      theta[k] = np.inf
+      continue
+    # Midway between the m-th and (m+1)-th best scores (robust to rounding).
+    theta[k] = s[m - 1] if m == s.size else 0.5 * (s[m - 1] + s[m])
+    alive &= ~(scores[k] >= theta[k])
+  return theta

@@ -141,48 +141,96 @@ def export_run(workdir: str, out: str, *, policy_file: Optional[str] = None,
     InputError: no calibrated rule and no thresholds, bad thresholds, an
       existing `out`, an unknown platform.
   """
-  out_dir = pathlib.Path(out)
-  if out_dir.exists() and not overwrite:
+  _check_out(out, overwrite, platforms)
+  config = workdir_lib.load_config(workdir)
+  rule = resolve_policy(workdir, policy_file, thresholds, policy)
+  stats = _stats(config, rule)
+  model = predict.build_model(config, int(stats["num_classes"]))
+  ckpt = workdir_lib.read_checkpoint(workdir)
+  source = {"workdir": os.path.abspath(workdir), "step": int(ckpt.step),
+            "method": str(config.method), "model": str(config.model.name),
+            "data": str(config.data.name), "calibrated": rule["calibrated"]}
+  for key in ("eps", "delta", "val_accuracy", "guarantee"):
+    if rule.get(key) is not None:
+      source[key] = rule[key]
+  return export_model(
+      model, ckpt.variables, out, policy=rule["policy"],
+      thresholds=rule["thresholds"], exit_macs=rule.get("exit_macs"),
+      class_names=class_names or class_names_lib.class_names(
+          config.data.name, int(stats["num_classes"])),
+      platforms=platforms, source=source, overwrite=overwrite, **stats)
+
+
+def _check_out(out: str, overwrite: bool, platforms: Sequence[str]) -> None:
+  if os.path.exists(out) and not overwrite:
     raise errors.InputError(f"{out} exists; pass --overwrite to replace it")
   bad = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
   if bad or not platforms:
     raise errors.InputError(f"platforms {list(platforms)}: expected some of "
                             "cpu, cuda, rocm, tpu")
-  config = workdir_lib.load_config(workdir)
-  rule = resolve_policy(workdir, policy_file, thresholds, policy)
-  stats = _stats(config, rule)
-  model = layers.with_layers(
-      predict.build_model(config, int(stats["num_classes"])), layers.FLAX)
-  ckpt = workdir_lib.read_checkpoint(workdir)
-  num_exits = model.apply(ckpt.variables, method=lambda m: m.num_exits)
+
+
+def export_model(model, variables, out: str, *, policy: str,
+                 thresholds: Sequence[float], mean: Sequence[float],
+                 std: Sequence[float], image_shape: Sequence[int],
+                 num_classes: int,
+                 exit_macs: Optional[Sequence[float]] = None,
+                 class_names: Optional[Sequence[str]] = None,
+                 platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                 source: Optional[Dict[str, Any]] = None,
+                 overwrite: bool = False) -> Dict[str, Any]:
+  """Writes the export folder of a `MultiExitModel` and its variables.
+
+  Args:
+    model: the model (rebuilt here with the portable layers).
+    variables: its {"params", "batch_stats"} (host or device arrays).
+    out: the folder to write (replaced atomically).
+    policy, thresholds: the exit rule ([E] thresholds, last -inf).
+    mean, std, image_shape: the training data's normalisation and shape.
+    num_classes: classes of every exit.
+    exit_macs: [E] cumulative MACs per image (default: measured by XLA,
+      `mexd.models.costs.exit_costs(cascade=True)`).
+    class_names: default "0".."C-1".
+    platforms: platforms to lower for.
+    source: where the weights came from (recorded in the manifest).
+    overwrite: replace an existing `out`.
+
+  Returns:
+    the manifest written.
+  """
+  _check_out(out, overwrite, platforms)
+  model = layers.with_layers(model, layers.FLAX)
+  variables = jax.device_get(variables)
+  num_exits = model.apply(variables, method=lambda m: m.num_exits)
   from mexd.deploy import checks  # pylint: disable=g-import-not-at-top
   checks.policy_and_thresholds(
       {"policy_names": policies.policy_names(), "num_exits": num_exits,
-       "policy": {"name": rule["policy"], "thresholds": rule["thresholds"]}},
-      None, None)
-  if "exit_macs" not in rule:
-    rule["exit_macs"] = [r["macs"] for r in costs_lib.exit_costs(
-        model, ckpt.variables, stats["image_shape"], cascade=True)]
-  names = list(class_names or class_names_lib.class_names(
-      config.data.name, int(stats["num_classes"])))
-  if len(names) != int(stats["num_classes"]):
-    raise errors.InputError(f"{len(names)} class names for "
-                            f"{stats['num_classes']} classes")
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(
-      os.path.abspath(out)) or "."))
+       "policy": {"name": policy, "thresholds": thresholds}}, None, None)
+  if exit_macs is None:
+    exit_macs = [r["macs"] for r in costs_lib.exit_costs(
+        model, variables, image_shape, cascade=True)]
+  names = [str(n) for n in (class_names or range(num_classes))]
+  if len(names) != int(num_classes):
+    raise errors.InputError(f"{len(names)} class names for {num_classes} "
+                            "classes")
+  stats = {"mean": mean, "std": std, "image_shape": image_shape,
+           "num_classes": num_classes}
+  rule = {"policy": policy, "thresholds": thresholds, "exit_macs": exit_macs}
+  parent = os.path.dirname(os.path.abspath(out))
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=parent))
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700).
   try:
-    files = _write_programs(tmp, model, ckpt.variables, stats,
-                            tuple(platforms), num_exits)
-    manifest = _manifest(workdir, config, ckpt, rule, stats, names,
-                         list(platforms), num_exits)
+    files = _write_programs(tmp, model, variables, stats, tuple(platforms),
+                            num_exits)
+    manifest = _manifest(rule, stats, names, list(platforms), num_exits,
+                         source or {})
     manifest["files"] = artifact.file_table(tmp, files)
     artifact.write_manifest(tmp, manifest)
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.replace(tmp, out)
   finally:
     if tmp.exists():
       shutil.rmtree(tmp)
@@ -220,16 +268,10 @@ def _write_programs(folder: pathlib.Path, model, variables, stats,
   return [artifact.WEIGHTS] + list(artifact.program_files(num_exits))
 
 
-def _manifest(workdir, config, ckpt, rule, stats, names, platforms,
-              num_exits) -> Dict[str, Any]:
+def _manifest(rule, stats, names, platforms, num_exits,
+              source) -> Dict[str, Any]:
   """The manifest (without its file table)."""
   t = exit_policy_lib.encode_thresholds(rule["thresholds"])
-  source = {"workdir": os.path.abspath(workdir), "step": int(ckpt.step),
-            "method": str(config.method), "model": str(config.model.name),
-            "data": str(config.data.name), "calibrated": rule["calibrated"]}
-  for key in ("eps", "delta", "val_accuracy", "guarantee"):
-    if rule.get(key) is not None:
-      source[key] = rule[key]
   return {
       "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
       "num_exits": int(num_exits), "num_classes": int(stats["num_classes"]),

@@ -70,7 +70,7 @@ class Metrics:
         "rejected": {str(k): v for k, v in sorted(self.rejected.items())},
         "exits": self.exits.tolist(),
         "mean_macs": self.macs / max(1, self.answered),
-        "batches": self.batches,
+        "batches": self.batches, "batched": self.batched,
         "mean_batch": self.batched / max(1, self.batches),
         "queued": queued, "latency_ms": {"window": int(lat.size), **pct}}
 

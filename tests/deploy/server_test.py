@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import io
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -198,3 +200,37 @@ def test_bad_requests_get_4xx_and_the_server_stays_up(trained, cascade):
   assert rejected == sum(1 for b in bad if b[2] == "/predict"
                          and b[1] == "POST")
   assert m["answered"] == len(bad)
+
+
+def test_the_serve_command(trained, exported):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  image = trained[1].test.images[3]
+  want = runtime.Cascade(exported).predict_one(image)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "mexd.serve", exported, f"--port={port}",
+       "--max_batch=8"], stderr=subprocess.PIPE, text=True)
+  try:
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 180
+    while True:
+      assert proc.poll() is None, proc.stderr.read()
+      assert time.time() < deadline, "mexd.serve did not start"
+      try:
+        if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+          break
+      except httpx.HTTPError:
+        time.sleep(0.5)
+    r = httpx.post(f"{url}/predict", content=_npy(image), headers=NPY)
+    assert (r.json()["label"], r.json()["exit"]) == want
+    info = httpx.get(f"{url}/info").json()
+    assert info["max_batch"] == 8 and info["num_exits"] == 3
+  finally:
+    proc.terminate()
+    proc.wait(30)
+  bad = subprocess.run([sys.executable, "-m", "mexd.serve", "/nonexistent"],
+                       capture_output=True, text=True, check=False)
+  assert bad.returncode == 2
+  lines = bad.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("mexd.serve: error: "), (
+      bad.stderr)
