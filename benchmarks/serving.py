@@ -44,7 +44,7 @@ flags.DEFINE_integer("requests", 2000, "Answers per (mode, concurrency).")
 flags.DEFINE_float("max_seconds", 60.0, "Time limit per (mode, "
                    "concurrency).")
 flags.DEFINE_integer("max_batch", 64, "The server's --max_batch.")
-flags.DEFINE_float("max_wait_ms", 2.0, "The server's --max_wait_ms.")
+flags.DEFINE_float("max_wait_ms", 0.0, "The server's --max_wait_ms.")
 flags.DEFINE_string("name", "digits", "Results: serving_<name>.json.")
 common.define_flags("serving")
 flags.adopt_module_key_flags(common)

@@ -2,12 +2,12 @@
 
   python -m mexd.export --workdir=runs/digits --out=export/digits
   python -m mexd.serve export/digits --port=8000 --max_batch=64 \
-      --max_wait_ms=2
+      --max_wait_ms=0
   curl -s -H 'Content-Type: application/x-npy' --data-binary @image.npy \
       localhost:8000/predict
 
-Requests are queued and batched (at most --max_batch, waiting at most
---max_wait_ms after a batch's first request); the cascade runs stage by
+Requests are queued and batched (at most --max_batch; a free worker takes
+the requests waiting, after --max_wait_ms more if > 0); the cascade runs stage by
 stage and a request that leaves at an early exit is answered as soon as its
 stage ends. Endpoints: POST /predict, GET /healthz, /metrics, /info
 (`mexd.deploy.server`). --mode=one_pass serves the one-pass network instead
@@ -32,8 +32,9 @@ def define_flags():
   flags.DEFINE_integer("port", 8000, "Port to listen on.")
   flags.DEFINE_integer("max_batch", 64, "Most requests per batch.",
                        lower_bound=1)
-  flags.DEFINE_float("max_wait_ms", 2.0, "How long a batch waits for more "
-                     "requests after its first (ms).", lower_bound=0)
+  flags.DEFINE_float("max_wait_ms", 0.0, "How long a batch waits for more "
+                     "requests after its first (ms; 0: a free worker takes "
+                     "the requests waiting and runs).", lower_bound=0)
   flags.DEFINE_integer("max_queue", 4096, "Waiting requests beyond this are "
                        "answered 503.", lower_bound=1)
   flags.DEFINE_enum("mode", "early_exit", ["early_exit", "one_pass"],

@@ -1,8 +1,11 @@
 """The server's request batcher: queue, batch, run stage by stage, answer.
 
-Requests wait in an asyncio queue. The batcher takes the first one, then
-collects more until `max_batch` are in or `max_wait_ms` have passed since
-the first, and runs the batch in a worker thread: stage by stage
+Requests wait in an asyncio queue. When the worker is free the batcher
+takes every request waiting (at most `max_batch`), and with `max_wait_ms` >
+0 waits that long after the first for more, then runs the batch in a worker
+thread. With the default 0 an idle server answers a lone request at once,
+and under load the requests that arrive while a batch runs form the next
+one. The batch runs stage by stage
 (`Cascade.stages`), and as each stage finishes the requests that leave at
 its exit are answered at once, from the event loop, while the worker runs
 the next stage on the survivors. An easy image is answered after stage 0,
@@ -82,13 +85,14 @@ class Batcher:
     cascade: a `mexd.deploy.Cascade` (or anything with its `stages`,
       `logits`, `exit_macs`, `class_names` and `num_exits`).
     max_batch: the most requests per batch.
-    max_wait_ms: how long a batch waits for more requests after its first.
+    max_wait_ms: how long a batch waits for more requests after its first
+      (0: it takes the requests waiting and runs).
     max_queue: requests waiting beyond this are refused (`QueueFull`).
     mode: "early_exit" (stage by stage) or "one_pass".
   """
 
   def __init__(self, cascade, *, max_batch: int = 64,
-               max_wait_ms: float = 2.0, max_queue: int = 4096,
+               max_wait_ms: float = 0.0, max_queue: int = 4096,
                mode: str = "early_exit"):
     if mode not in MODES:
       raise ValueError(f"mode {mode!r}: expected one of {MODES}")
@@ -187,6 +191,9 @@ class Batcher:
       for out in self.cascade.stages(x):
         loop.call_soon_threadsafe(self._answer, group, out.rows, out.labels,
                                   out.exit, len(batch))
+        # Hand the GIL to the event loop now, so that it answers these rows
+        # while the next stage runs (else it may wait a switch interval).
+        time.sleep(0)
 
   def _answer(self, group: List[Pending], rows, labels, k: int,
               batch_size: int) -> None:

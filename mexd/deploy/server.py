@@ -57,7 +57,7 @@ async def _body(request: Request, limit: int) -> bytes:
   return b"".join(chunks)
 
 
-def make_app(cascade, *, max_batch: int = 64, max_wait_ms: float = 2.0,
+def make_app(cascade, *, max_batch: int = 64, max_wait_ms: float = 0.0,
              max_queue: int = 4096, mode: str = "early_exit",
              max_body_bytes: int = 8 << 20) -> Starlette:
   """The ASGI app serving `cascade` (a `mexd.deploy.Cascade`).
