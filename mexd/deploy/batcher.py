@@ -39,6 +39,16 @@ class QueueFull(Exception):
   """More requests are waiting than the server queues (answered 503)."""
 
 
+def _call(loop, fn, *args) -> None:
+  """fn(*args) on the event loop, from the worker thread; nothing if the
+  loop has closed meanwhile (the server stopped: nobody waits any more)."""
+  try:
+    loop.call_soon_threadsafe(fn, *args)
+  except RuntimeError:
+    if not loop.is_closed():
+      raise
+
+
 class Metrics:
   """Counters and recent latencies of the server (all on the event loop).
 
@@ -184,13 +194,12 @@ class Batcher:
       x = np.concatenate([p.image for p in group])
       if self.mode == "one_pass":
         labels = np.argmax(self.cascade.logits(x)[-1], -1)
-        loop.call_soon_threadsafe(self._answer, group, np.arange(len(group)),
-                                  labels, self.cascade.num_exits - 1,
-                                  len(batch))
+        _call(loop, self._answer, group, np.arange(len(group)), labels,
+              self.cascade.num_exits - 1, len(batch))
         continue
       for out in self.cascade.stages(x):
-        loop.call_soon_threadsafe(self._answer, group, out.rows, out.labels,
-                                  out.exit, len(batch))
+        _call(loop, self._answer, group, out.rows, out.labels, out.exit,
+              len(batch))
         # Hand the GIL to the event loop now, so that it answers these rows
         # while the next stage runs (else it may wait a switch interval).
         time.sleep(0)
