@@ -5,12 +5,15 @@ size. Padding it to a size from a fixed set, 2^k and 1.5 * 2^k (1, 2, 3, 4,
 6, 8, 12, 16, 24, ...), compiles each program once per bucket; padding
 wastes at most a third of a batch and about 1/6 on average (powers of two
 alone waste up to half). Padding rows repeat the last real row and are
-dropped on the host. NumPy only: both `mexd.early_exit` (in-process) and the
-exported runtime (`mexd.deploy.runtime`) use it.
+dropped on the host. Both `mexd.early_exit` (in-process) and the exported
+runtime (`mexd.deploy.runtime`) use these, and `gather` (the padded rows'
+gather on the device).
 """
 
 from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -41,3 +44,9 @@ def pad_index(idx: np.ndarray, size: int) -> np.ndarray:
   """Pads row indices [n] (n >= 1) to int32 [size] by repeating the last."""
   return np.concatenate([idx, np.full(size - idx.size, idx[-1])]).astype(
       np.int32)
+
+
+@jax.jit
+def gather(tree, idx):
+  """Rows `idx` [b] of every leaf of `tree` (leading batch dim)."""
+  return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)

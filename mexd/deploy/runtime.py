@@ -92,12 +92,6 @@ def _compiler_options(manifest, platform: str) -> Dict[str, str]:
   return opts
 
 
-@jax.jit
-def _gather(tree, idx):
-  """Rows `idx` [b] of every leaf of `tree`."""
-  return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
-
-
 class Cascade:
   """A loaded export folder, ready to answer.
 
@@ -183,7 +177,7 @@ class Cascade:
     """Normalised float32 [b, H, W, C] of rows `rows` padded to b."""
     idx = buckets_lib.pad_index(rows, b)
     if isinstance(images, jax.Array):
-      x = _gather(images, jnp.asarray(idx))
+      x = buckets_lib.gather(images, jnp.asarray(idx))
     else:
       x = jax.device_put(images[idx])
     if x.dtype == jnp.uint8:
@@ -226,7 +220,7 @@ class Cascade:
         return
       if keep.size < pos.size:  # someone left: compact the survivors
         b = self.bucket(keep.size)
-        h, prev, run = _gather((h, prev, run),
+        h, prev, run = buckets_lib.gather((h, prev, run),
                                jnp.asarray(buckets_lib.pad_index(keep, b)))
       pos = pos[keep]
 
@@ -295,7 +289,7 @@ class Cascade:
         h, prev, run, code = self._stages[k](
             self._weights, h, prev, run, self._policy_index, never)
       jax.block_until_ready(code)
-      _gather((h, prev, run), jnp.zeros((b,), jnp.int32))
+      buckets_lib.gather((h, prev, run), jnp.zeros((b,), jnp.int32))
     return len(sizes)
 
   def describe(self) -> Dict[str, Any]:

@@ -17,10 +17,7 @@ from mexd.deploy import buckets
 pad_index = buckets.pad_index  # Row indices [n] -> int32 [size].
 
 
-@jax.jit
-def gather(tree, idx):
-  """Rows `idx` [b] of every leaf of `tree` (leading batch dim)."""
-  return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+gather = buckets.gather  # Rows idx [b] of every leaf of a tree, jitted.
 
 
 @functools.partial(jax.jit, donate_argnums=0)
