@@ -24,24 +24,35 @@ from mexd import paths
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3,
-                 save_interval_steps: int = 1) -> ocp.CheckpointManager:
+                 save_interval_steps: int = 1,
+                 data: bool = False) -> ocp.CheckpointManager:
   """The run's checkpoint manager (async saves, keeps the last k).
 
   `workdir` is a local folder or a bucket URI (gs://BUCKET/PATH), which
-  orbax reaches through etils.epath and tensorstore.
+  orbax reaches through etils.epath and tensorstore. `data`: checkpoints
+  also hold the streaming input pipeline's position (item "data").
   """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
       create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(paths.path(workdir) / "checkpoints",
-                               options=options, item_handlers=item_handlers())
+                               options=options,
+                               item_handlers=item_handlers(data))
 
 
-def item_handlers():
-  """The handlers of a checkpoint's two items. Naming them lets
-  `item_metadata(step)` describe the saved arrays before restoring."""
-  return {"state": ocp.StandardCheckpointHandler(),
-          "integrity": ocp.JsonCheckpointHandler()}
+def item_handlers(data: bool = False):
+  """The handlers of a checkpoint's items. Naming them lets
+  `item_metadata(step)` describe the saved arrays before restoring.
+
+  "data" (streamed runs): the input pipeline's position, one JSON file per
+  process written by grain's orbax handler (`mexd.data.stream.Position`).
+  """
+  handlers = {"state": ocp.StandardCheckpointHandler(),
+              "integrity": ocp.JsonCheckpointHandler()}
+  if data:
+    import grain  # pylint: disable=g-import-not-at-top
+    handlers["data"] = grain.checkpoint.CheckpointHandler()
+  return handlers
 
 
 def abstract_like(state, shardings) -> Any:
@@ -189,18 +200,21 @@ class Restored(NamedTuple):
   step: the restored checkpoint's step. state: the restored pytree.
   unreadable: (step, reason) of every newer checkpoint that failed to read
   or verify (the run is not at its newest step when this is non-empty).
+  data: this process's saved input-pipeline position (`restore_latest(...,
+  data=True)`), None when the checkpoint holds none for this process.
   """
   step: int
   state: Any
   unreadable: Tuple[Tuple[int, str], ...]
+  data: Optional[Dict[str, Any]] = None
 
 
 AbstractFn = Callable[[int], Any]
 
 
 def restore_latest(manager: ocp.CheckpointManager,
-                   abstract_state: Union[Any, AbstractFn]
-                   ) -> Optional[Restored]:
+                   abstract_state: Union[Any, AbstractFn],
+                   data: bool = False) -> Optional[Restored]:
   """Restores the newest checkpoint that reads and verifies, or None if none.
 
   The one restore rule of mexd: training (resume), evaluation and an ERDE
@@ -232,10 +246,11 @@ def restore_latest(manager: ocp.CheckpointManager,
       target = (abstract_state(step) if callable(abstract_state)
                 else abstract_state)
       state = restore_step(manager, step, target)
+      position = restore_position(manager, step) if data else None
       if failed:
         logging.warning("Fell back to checkpoint %d; unreadable: %s", step,
                         "; ".join(f"step {s}: {m}" for s, m in failed))
-      return Restored(step, state, tuple(failed))
+      return Restored(step, state, tuple(failed), position)
     except StructureMismatchError as e:  # The same for every step.
       mismatch.append(str(e))
       failed.append((step, f"{type(e).__name__}: {str(e)[:200]}"))
@@ -289,12 +304,43 @@ def set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]
   return aside
 
 
+def restore_position(manager: ocp.CheckpointManager, step: int
+                     ) -> Optional[Dict[str, Any]]:
+  """This process's input-pipeline position saved at `step`, or None when
+  there is none for it (e.g. written by another number of processes; the
+  position is then recomputed from the step, of which it is a function)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  from mexd.data import stream  # pylint: disable=g-import-not-at-top
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(stream.Position())))
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("No input position for this process in checkpoint %d "
+                    "(%s); it is recomputed from the step.", step,
+                    " ".join(str(e).split())[:200])
+    return None
+  return restored["data"].state
+
+
 def save(manager: ocp.CheckpointManager, step: int, state,
-         force: bool = False) -> bool:
+         force: bool = False, data: Optional[Dict[str, Any]] = None
+         ) -> bool:
   """Saves `state` and its digest at `step` (the write is async).
+
+  Args:
+    manager: the run's manager (`make_manager(..., data=True)` for `data`).
+    step: the global step.
+    state: the TrainState.
+    force: save even off the save interval.
+    data: the input pipeline's position to save with it (JSON-able dict,
+      `mexd.data.stream.TrainStream.position`), or None.
 
   Returns whether a save was started.
   """
-  return manager.save(step, force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      integrity=ocp.args.JsonSave({"sha256": digest(state)})))
+  items = dict(state=ocp.args.StandardSave(state),
+               integrity=ocp.args.JsonSave({"sha256": digest(state)}))
+  if data is not None:
+    import grain  # pylint: disable=g-import-not-at-top
+    from mexd.data import stream  # pylint: disable=g-import-not-at-top
+    items["data"] = grain.checkpoint.CheckpointSave(stream.Position(data))
+  return manager.save(step, force=force, args=ocp.args.Composite(**items))

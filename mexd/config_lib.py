@@ -174,7 +174,20 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=ml_collections.config_dict.placeholder(int),
       val_size=180, split_seed=0,
       labeled_per_class=ml_collections.config_dict.placeholder(int),
-      unlabeled_pool=False, unlabeled_batch=0))
+      unlabeled_pool=False, unlabeled_batch=0,
+      # Streaming (mexd.data.stream; tfds array_record sets): True / False,
+      # unset = stream when the decoded train split exceeds max_gib (32).
+      # The other fields are its options; unset = mexd.data.stream.DEFAULTS.
+      stream=ml_collections.config_dict.placeholder(bool),
+      workers=ml_collections.config_dict.placeholder(int),
+      read_threads=ml_collections.config_dict.placeholder(int),
+      crop_scale=ml_collections.config_dict.placeholder(tuple),
+      crop_ratio=ml_collections.config_dict.placeholder(tuple),
+      crop_fraction=ml_collections.config_dict.placeholder(float),
+      mean=ml_collections.config_dict.placeholder(tuple),
+      std=ml_collections.config_dict.placeholder(tuple),
+      stats_images=ml_collections.config_dict.placeholder(int),
+      max_gib=ml_collections.config_dict.placeholder(float)))
   c.augment = ml_collections.ConfigDict(dict(crop_pad=0, flip=False))
   c.model = ml_collections.ConfigDict(dict(
       name="digits_cnn", dtype="float32", kwargs=ml_collections.ConfigDict()))

@@ -42,7 +42,8 @@ class Predictor:
   """Jitted, sharded eval-mode forward pass over a whole split."""
 
   def __init__(self, model, mean, std, mesh, batch_size: int, dtype,
-               image_shape=None):
+               image_shape=None, stream_options=None):
+    self.stream_options = dict(stream_options or {})
     self.image_shape = None if image_shape is None else tuple(image_shape)
     self.mesh = mesh
     self.batch_size = batch_size
@@ -51,8 +52,14 @@ class Predictor:
         out_shardings=sharding.replicated(mesh))
     self._bsh = sharding.batch_sharding(mesh)
 
-  def logits(self, variables, ds: data_lib.Dataset) -> np.ndarray:
+  def logits(self, variables, ds) -> np.ndarray:
     """[E, N, C] float32 logits of every exit for every image of ds.
+
+    Args:
+      variables: the model's variables.
+      ds: an in-memory `data.Dataset` or a streamed
+        `data.stream.StreamSplit` (each process reads only its rows of
+        every batch; the pass also fills the split's label memo).
 
     Raises:
       InputError: ds's images are not of the model's image shape.
@@ -62,14 +69,26 @@ class Predictor:
           f"images of shape {ds.image_shape} given to a model "
           f"trained on {self.image_shape} images; resize them "
           "or use a model trained on this size")
-    out = []
-    for batch, valid in pipeline.eval_batches(ds, self.batch_size):
-      rows = pipeline.host_slice(self.batch_size)
-      images = pipeline.make_global({"image": batch["image"][rows]},
+    out, labels = [], []
+    for batch, valid in pipeline.eval_host_batches(ds, self.batch_size,
+                                                   **self.stream_options):
+      images = pipeline.make_global({"image": batch["image"]},
                                     self._bsh)["image"]
       out.append(np.asarray(jax.device_get(self._fn(variables, images)))
                  [:, :valid])
+      labels.append(_gather_rows(batch["label"])[:valid])
+    if not isinstance(ds, data_lib.Dataset):
+      ds.memo["labels"] = np.concatenate(labels).astype(np.int32)
     return np.concatenate(out, axis=1)
+
+
+def _gather_rows(rows: np.ndarray) -> np.ndarray:
+  """Every process's `rows` concatenated in process order (the layout of
+  `pipeline.host_slice`)."""
+  if jax.process_count() == 1:
+    return rows
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(rows)).reshape(-1)
 
 
 def accuracy_table(logits: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:

@@ -52,6 +52,7 @@ from mexd import steps
 from mexd import workdir as workdir_lib
 from mexd.cpu import xla_options
 from mexd.data import pipeline
+from mexd.data import stream
 
 
 def build_method(config) -> losses.Method:
@@ -65,6 +66,31 @@ def build_method(config) -> losses.Method:
   if ge is not None:
     method = dataclasses.replace(method, gradient_equilibrium=bool(ge))
   return method
+
+
+def make_batches(config, splits):
+  """The train batches of `splits`: in memory (`pipeline.TrainBatches`) or
+  streamed (`stream.TrainStream`, with the config.data streaming options).
+  """
+  train_ds = splits["train"]
+  if isinstance(train_ds, data_lib.StreamSplit):
+    d = config.data
+    return stream.TrainStream(
+        train_ds, config.batch_size, seed=config.seed,
+        workers=stream.option(d, "workers"),
+        read_threads=stream.option(d, "read_threads"),
+        scale=stream.option(d, "crop_scale"),
+        ratio=stream.option(d, "crop_ratio"))
+  return pipeline.TrainBatches(
+      train_ds, config.batch_size, seed=config.seed,
+      unlabeled=splits.get("unlabeled"),
+      unlabeled_batch=config.data.get("unlabeled_batch", 0))
+
+
+def stream_options(config):
+  """workers / read_threads of a streamed run's evaluation passes."""
+  return {k: stream.option(config.data, k) for k in ("workers",
+                                                     "read_threads")}
 
 
 def load_teacher(config, num_classes):
@@ -103,6 +129,11 @@ class Setup:
   step_fn: Callable[..., Any]
   warm: Optional[Dict[str, Any]] = None
 
+  @property
+  def streamed(self) -> bool:
+    """Whether the train batches are streamed (`stream.TrainStream`)."""
+    return isinstance(self.batches, stream.TrainStream)
+
 
 def build(config: ml_collections.ConfigDict) -> Setup:
   """Builds the run of `config`; raises on a bad config before any write."""
@@ -116,10 +147,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   mesh = sharding.make_mesh(config.get("num_devices"))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh)
-  batches = pipeline.TrainBatches(
-      train_ds, config.batch_size, seed=config.seed,
-      unlabeled=splits.get("unlabeled"),
-      unlabeled_batch=config.data.get("unlabeled_batch", 0))
+  batches = make_batches(config, splits)
   teacher_model, teacher = None, {}
   if method.needs_teacher:
     teacher_model, teacher = load_teacher(config, num_classes)
@@ -182,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     stack.enter_context(_write_errors(workdir, held))
     workdir_lib.prepare(workdir, config, setup.split_idx, overwrite=overwrite)
     manager = held["manager"] = checkpoint.make_manager(
-        workdir, max_to_keep=config.keep_checkpoints, save_interval_steps=1)
+        workdir, max_to_keep=config.keep_checkpoints, save_interval_steps=1,
+        data=setup.streamed)
     stack.callback(manager.close)
     stack.callback(manager.wait_until_finished)  # Runs before close.
     repl = sharding.replicated(setup.mesh)
@@ -191,7 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start = int(jax.device_get(state.step))
     if start and jax.process_index() == 0:
       print(f"Resuming from step {start} in {workdir}", flush=True)
-    save = _Saver(manager, workdir, setup.abstract)
+    save = _Saver(manager, workdir, setup.abstract,
+                  setup.batches.position if setup.streamed else None)
     writer = metrics_lib.MetricWriter(workdir)
     stack.callback(writer.close)  # On a bucket, uploads the rows in memory.
     bar = metrics_lib.progress_bar(config, start, setup.total_steps)
@@ -279,7 +309,12 @@ def _finish(setup: Setup, state, save, manager, evaluate,
 def _restore_or_init(setup: Setup, manager, state_sh):
   """The newest readable checkpoint's state, or a fresh one."""
   restored = checkpoint.restore_latest(
-      manager, checkpoint.abstract_like(setup.abstract, state_sh))
+      manager, checkpoint.abstract_like(setup.abstract, state_sh),
+      data=setup.streamed)
+  if restored is not None and restored.data is not None:
+    # The saved input position must be the one this pipeline has at the
+    # restored step (the stream then restarts there).
+    setup.batches.check_position(restored.data, restored.step)
   if restored is None:
     state = jax.jit(setup.init_fn, out_shardings=state_sh)(
         jax.random.PRNGKey(setup.config.seed))
@@ -316,8 +351,9 @@ class _Saver:
   """save(step, state, force=False): checks that the work directory can
   take a checkpoint (writable, room for it), then starts an async save."""
 
-  def __init__(self, manager, workdir: str, abstract):
+  def __init__(self, manager, workdir: str, abstract, position=None):
     self.manager, self.workdir = manager, workdir
+    self.position = position  # step -> the input position saved with it.
     self.state_bytes = sum(x.size * x.dtype.itemsize
                            for x in jax.tree.leaves(abstract))
 
@@ -327,7 +363,8 @@ class _Saver:
       paths.check_writable(m.directory, self.state_bytes, self.workdir,
                            last_step=m.latest_step())
     try:
-      checkpoint.save(m, step, state, force=force)
+      checkpoint.save(m, step, state, force=force,
+                      data=self.position(step) if self.position else None)
     except OSError as e:
       raise paths.write_error(self.workdir, e, m.latest_step()) from e
 
@@ -341,7 +378,8 @@ class _Evaluator:
     self.splits, self.writer = setup.splits, writer
     self.predictor = predict.Predictor(
         setup.model, ds.mean, ds.std, setup.mesh,
-        setup.config.eval_batch_size, setup.dtype, ds.image_shape)
+        setup.config.eval_batch_size, setup.dtype, ds.image_shape,
+        stream_options(setup.config))
 
   def __call__(self, state, split: str) -> Dict[str, Any]:
     ds = self.splits[split]

@@ -22,10 +22,11 @@ from mexd import errors
 from mexd import paths
 
 # Fields that may differ between a run and its resumption (they change how a
-# run is watched or laid out over devices, not what it computes).
+# run is watched or laid out over devices and processes, not what it
+# computes: the streamed batches do not depend on the worker count).
 RESUMABLE_FIELDS = ("progress_bar", "log_every_steps", "eval_every_epochs",
                     "ckpt_every_steps", "keep_checkpoints", "eval_batch_size",
-                    "num_devices")
+                    "num_devices", "data.workers", "data.read_threads")
 
 
 class WorkdirError(errors.InputError):
@@ -46,6 +47,12 @@ def config_diff(old: Dict, new: Dict) -> List[str]:
   so a run saved before a new optional field existed still resumes.
   """
   old, new = _drop_none(old), _drop_none(new)
+  for name in RESUMABLE_FIELDS:  # Nested ones: "data.workers".
+    top, _, sub = name.partition(".")
+    if sub:
+      for d in (old, new):
+        if isinstance(d.get(top), dict):
+          d[top] = {k: v for k, v in d[top].items() if k != sub}
   return sorted(k for k in set(old) | set(new)
                 if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
 

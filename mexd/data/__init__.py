@@ -16,9 +16,11 @@ from mexd.data import base
 from mexd.data import cifar
 from mexd.data import digits
 from mexd.data import idx
+from mexd.data import stream
 from mexd.data import tfds_loader
 
 Dataset = base.Dataset
+StreamSplit = stream.StreamSplit
 DataError = base.DataError
 DataNotFoundError = base.DataNotFoundError
 
@@ -87,16 +89,38 @@ def _unknown_name_message(name: str) -> str:
           f"{', '.join(dataset_names())}")
 
 
+def streams(cfg) -> bool:
+  """Whether `config.data` is read by the streaming pipeline.
+
+  `cfg.stream` True / False decides; unset (None), a tfds:* set streams
+  when decoding its train split into memory would take more than
+  `cfg.max_gib` (default 32) GiB, e.g. tfds:imagenet2012 at 224 px.
+  """
+  choice = cfg.get("stream")
+  if choice is not None:
+    if not isinstance(choice, bool):
+      raise errors.InputError(
+          f"config.data.stream must be True, False or unset (None: decide "
+          f"by size), got {choice!r}")
+    return choice
+  gib = stream.decoded_gib(cfg) if str(cfg.name).startswith("tfds:") else None
+  return gib is not None and gib > stream.option(cfg, "max_gib")
+
+
 def load_splits(cfg):
   """Loads `cfg.name` and carves the seeded splits (see `base.make_splits`).
 
   Args:
     cfg: the `config.data` ConfigDict: name, data_dir, image_size, val_size,
-      split_seed, labeled_per_class, unlabeled_pool.
+      split_seed, labeled_per_class, unlabeled_pool; stream and the
+      streaming options (`mexd.data.stream`).
 
   Returns:
-    (splits, indices) as in `base.make_splits`.
+    (splits, indices) as in `base.make_splits`; with `streams(cfg)` the
+    splits are `stream.StreamSplit`s read record by record.
   """
+  if streams(cfg):
+    return stream.load_splits(cfg)
   official = load_official(cfg.name, cfg.get("data_dir"),
                            image_size=cfg.get("image_size"))
   return base.make_splits(

@@ -110,15 +110,44 @@ def write_cifar(root: str, which: str = "cifar100", *,
 
 
 def _png(image: np.ndarray) -> bytes:
+  return encode(image, "png")
+
+
+def encode(image: np.ndarray, fmt: str = "png", quality: int = 90) -> bytes:
+  """[H, W, C] uint8 -> PNG or JPEG bytes (the formats tfds stores)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-      buf, format="PNG")
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  if fmt == "jpeg":
+    pil.save(buf, format="JPEG", quality=quality)
+  else:
+    pil.save(buf, format="PNG")
   return buf.getvalue()
+
+
+def variable_size_images(rng: np.random.Generator, labels: np.ndarray,
+                         num_classes: int, sizes: Tuple[int, int],
+                         channels: int = 3):
+  """One class-pattern image per label, each of its own size.
+
+  Heights and widths are drawn uniformly from `sizes` = (low, high), so a
+  pipeline that assumes one shape fails on them.
+
+  Returns:
+    a list of [H_i, W_i, C] uint8 arrays.
+  """
+  out = []
+  for label in labels:
+    h, w = rng.integers(sizes[0], sizes[1] + 1, 2)
+    out.append(class_images(rng, np.asarray([label]),
+                            (int(h), int(w), channels), num_classes)[0])
+  return out
 
 
 def _extra_features(name: str, i: int, label: int, shape) -> Dict:
   """Features beyond image/label that a builder's FeaturesDict requires."""
+  if name == "imagenet2012":
+    return {"file_name": f"n{label:08d}_{i}.JPEG"}
   if name == "svhn_cropped":
     return {"id": f"id_{i}"}
   if name in ("cifar10", "cifar100"):
@@ -138,6 +167,7 @@ def write_tfds(data_dir: str, name: str, *, per_class: Dict[str, int],
                num_classes: Optional[int] = None,
                shape: Tuple[int, int, int] = (32, 32, 3),
                classes: Optional[Sequence[int]] = None,
+               sizes: Optional[Tuple[int, int]] = None,
                seed: int = 0) -> Dict[str, np.ndarray]:
   """Prepares tfds set `name` (e.g. "imagenet_resized/64x64") in `data_dir`.
 
@@ -154,6 +184,9 @@ def write_tfds(data_dir: str, name: str, *, per_class: Dict[str, int],
       None).
     shape: image shape [H, W, C].
     classes: which labels to generate (default: all).
+    sizes: (low, high): give every image its own height and width drawn
+      from this range (variable-size sets such as imagenet2012); None: all
+      images are `shape`.
     seed: generator seed.
 
   Returns:
@@ -174,7 +207,11 @@ def write_tfds(data_dir: str, name: str, *, per_class: Dict[str, int],
                                   else np.arange(k)), n)
     labels = rng.permutation(labels)
     out[f"{split}_labels"] = labels
-    examples[split] = (labels, class_images(rng, labels, shape, k))
+    if sizes is None:
+      examples[split] = (labels, class_images(rng, labels, shape, k))
+    else:
+      examples[split] = (labels, variable_size_images(rng, labels, k, sizes,
+                                                      shape[-1]))
 
   with tfds.core.registered.skip_registration():
 
@@ -187,8 +224,10 @@ def write_tfds(data_dir: str, name: str, *, per_class: Dict[str, int],
 
       def _generate_examples(self, split):  # pylint: disable=arguments-differ
         labels, images = examples[split]
+        fmt = getattr(self.info.features["image"], "encoding_format", None)
         for i, (label, image) in enumerate(zip(labels, images)):
-          yield i, {"image": _png(image), "label": int(label),
+          yield i, {"image": encode(image, fmt or "png"),
+                    "label": int(label),
                     **_extra_features(set_name, i, int(label), shape)}
 
     Mock(data_dir=data_dir, config=config or None,

@@ -8,7 +8,7 @@ slice of the global batch; `make_global` assembles the sharded global array.
 
 import queue
 import threading
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
@@ -82,6 +82,10 @@ class TrainBatches:
     self.batch_size = batch_size
     self.steps_per_epoch = self.lab_sampler.steps_per_epoch
 
+  def host_batches(self, start: int, stop: int) -> Iterator[Dict]:
+    """This process's rows of the global batches of steps [start, stop)."""
+    return (self.host_batch(step) for step in range(start, stop))
+
   def host_batch(self, step: int) -> Dict[str, np.ndarray]:
     """This process's rows of the global batch of `step`."""
     idx = self.lab_sampler.indices(step)
@@ -101,20 +105,22 @@ def make_global(host_batch: Dict[str, np.ndarray], sharding) -> Dict:
           for k, v in host_batch.items()}
 
 
-def prefetch(batches: TrainBatches, start: int, stop: int, sharding,
+def prefetch(batches, start: int, stop: int, sharding,
              size: int = 2) -> Iterator:
   """Yields (step, global batch) for steps [start, stop), `size` ahead.
 
-  A background thread gathers host batches and transfers them to the
-  devices while the current step runs.
+  A background thread gathers host batches (`batches.host_batches(start,
+  stop)`: a `TrainBatches`, or a `mexd.data.stream.TrainStream`) and
+  transfers them to the devices while the current step runs.
   """
   q: "queue.Queue" = queue.Queue(maxsize=size)
   sentinel = object()
 
   def producer():
     try:
-      for step in range(start, stop):
-        q.put((step, make_global(batches.host_batch(step), sharding)))
+      for step, host in zip(range(start, stop),
+                            batches.host_batches(start, stop)):
+        q.put((step, make_global(host, sharding)))
     except BaseException as e:  # pylint: disable=broad-except
       q.put(e)
     q.put(sentinel)
@@ -145,3 +151,18 @@ def eval_batches(ds: base.Dataset, batch_size: int):
       idx = np.concatenate([idx, np.zeros(pad, idx.dtype)])
       labels = np.concatenate([labels, np.full(pad, -1, np.int32)])
     yield {"image": ds.images[idx], "label": labels}, valid
+
+
+def eval_host_batches(ds, batch_size: int, **stream_options
+                      ) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
+  """Yields (this process's rows of each padded global batch of `ds`, the
+  valid rows of that global batch), for an in-memory `base.Dataset` or a
+  streamed `mexd.data.stream.StreamSplit` (which reads only these rows;
+  `stream_options`: its workers / read_threads). Padded rows: label -1."""
+  if not isinstance(ds, base.Dataset):
+    from mexd.data import stream  # pylint: disable=g-import-not-at-top
+    yield from stream.eval_host_batches(ds, batch_size, **stream_options)
+    return
+  rows = host_slice(batch_size)
+  for batch, valid in eval_batches(ds, batch_size):
+    yield {k: v[rows] for k, v in batch.items()}, valid

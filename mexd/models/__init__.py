@@ -65,13 +65,19 @@ _REGISTRY: Dict[str, Callable[..., base.MultiExitModel]] = {
     "vgg19": functools.partial(vgg.VGG, depth=19),
     # Phuong & Lampert's CIFAR MSDNet: 3 scales, 11 exits.
     "msdnet_cifar": msdnet.MSDNet,
+    # Huang et al.'s ImageNet MSDNet (4 scales, 5 exits every 4 layers).
+    "msdnet_imagenet": functools.partial(
+        msdnet.MSDNet, n_scales=4, n_exits=5, nlayers_to_exit=4,
+        nlayers_between_exits=4, nplanes_mulv=(16, 32, 64, 64),
+        nplanes_init=2, nplanes_addh=1, prune="max", plane_reduction=0.5,
+        btneck_widths=(1, 2, 4, 4), imagenet=True),
 }
 
 # Input size each registered model is built for (others: 32 x 32).
 INPUT_SIZES: Dict[str, int] = {
     "digits_cnn": 8, "fashion_cnn": 28, "small_cnn": 8,
     "resnet18_imagenet": 224, "resnet34_imagenet": 224,
-    "resnet50_imagenet": 224,
+    "resnet50_imagenet": 224, "msdnet_imagenet": 224,
 }
 
 
@@ -86,7 +92,7 @@ def input_size(name: str) -> int:
 MIN_INPUT_SIZES: Dict[str, int] = {
     "digits_cnn": 1, "fashion_cnn": 1, "small_cnn": 1,
     "resnet18_imagenet": 32, "resnet34_imagenet": 32,
-    "resnet50_imagenet": 32,
+    "resnet50_imagenet": 32, "msdnet_imagenet": 32,
 }
 
 
