@@ -50,8 +50,8 @@ def item_handlers(data: bool = False):
   handlers = {"state": ocp.StandardCheckpointHandler(),
               "integrity": ocp.JsonCheckpointHandler()}
   if data:
-    import grain  # pylint: disable=g-import-not-at-top
-    handlers["data"] = grain.checkpoint.CheckpointHandler()
+    from mexd.data import stream  # pylint: disable=g-import-not-at-top
+    handlers["data"] = stream.import_grain().checkpoint.CheckpointHandler()
   return handlers
 
 
@@ -309,8 +309,8 @@ def restore_position(manager: ocp.CheckpointManager, step: int
   """This process's input-pipeline position saved at `step`, or None when
   there is none for it (e.g. written by another number of processes; the
   position is then recomputed from the step, of which it is a function)."""
-  import grain  # pylint: disable=g-import-not-at-top
   from mexd.data import stream  # pylint: disable=g-import-not-at-top
+  grain = stream.import_grain()
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         data=grain.checkpoint.CheckpointRestore(stream.Position())))
@@ -340,7 +340,7 @@ def save(manager: ocp.CheckpointManager, step: int, state,
   items = dict(state=ocp.args.StandardSave(state),
                integrity=ocp.args.JsonSave({"sha256": digest(state)}))
   if data is not None:
-    import grain  # pylint: disable=g-import-not-at-top
     from mexd.data import stream  # pylint: disable=g-import-not-at-top
+    grain = stream.import_grain()
     items["data"] = grain.checkpoint.CheckpointSave(stream.Position(data))
   return manager.save(step, force=force, args=ocp.args.Composite(**items))

@@ -31,6 +31,7 @@ SHAPES = {
     "tfds:caltech_birds2011": (None, 200), "tfds:stanford_dogs": (None, 120),
     "tfds:imagenet_resized/64x64": ((64, 64, 3), 1000),
     "tfds:imagenet_resized/32x32": ((32, 32, 3), 1000),
+    "tfds:imagenet2012": (None, 1000),
 }
 
 VARIANTS = [
@@ -43,7 +44,8 @@ VARIANTS = [
     ("cifar10", "method=erde,student=True"), ("svhn", "method=ce"),
     ("cub200", ""), ("cub200", "method=kd,student=True"),
     ("stanford_dogs", "method=eed"), ("imagenet64", ""),
-    ("imagenet64", "res=32,method=byot"),
+    ("imagenet64", "res=32,method=byot"), ("imagenet", ""),
+    ("imagenet", "eed"), ("imagenet", "method=kd,student,batch=1024"),
 ]
 
 

@@ -11,7 +11,7 @@ on hosts with far less memory than its ~190 GB of pixels:
 
 What is a function of what:
 
-* The global batch of step s is `pipeline.EpochSampler(len(train), B,
+* The global batch of step s is `sampler.EpochSampler(len(train), B,
   seed).indices(s)`: a permutation seeded by (seed, epoch), the same sampler
   as the in-memory path. Process p reads rows [p*B/P, (p+1)*B/P) of it and
   nothing else: each host reads only its share, and the shares of one step
@@ -34,7 +34,6 @@ Training images get the Inception-style random-resized crop
 (`image_ops.center_crop`). docs/data.md says how to prepare ImageNet.
 """
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -45,7 +44,12 @@ import numpy as np
 from mexd import errors
 from mexd.data import base
 from mexd.data import image_ops
-from mexd.data import tfds_loader
+from mexd.data import records as records_lib
+from mexd.data import sampler
+
+StreamSplit = records_lib.StreamSplit
+Records = records_lib.Records
+decoded_gib = records_lib.decoded_gib
 
 # Defaults of the optional config.data fields this path reads.
 DEFAULTS = dict(workers=0, read_threads=16, crop_fraction=0.875,
@@ -57,140 +61,6 @@ def option(cfg, name: str):
   """config.data.<name>, or its default (`DEFAULTS`) when unset."""
   value = cfg.get(name) if cfg is not None else None
   return DEFAULTS[name] if value is None else value
-
-
-class Records:
-  """Random access to one split of a prepared tfds set, images not decoded.
-
-  `records[i]` is {"image": PNG/JPEG bytes, "label": int, ...}. The reader
-  is opened on first use in each process and dropped when pickled, so grain
-  can send a `Records` to its worker processes.
-  """
-
-  def __init__(self, name: str, data_dir: Optional[str], split: str):
-    self.name, self.data_dir, self.split = name, data_dir, split
-    self._source = None
-    self._length = len(self.source())
-
-  def __getstate__(self):
-    return {**self.__dict__, "_source": None}
-
-  def source(self):
-    if self._source is None:
-      tfds = tfds_loader._import_tfds()  # pylint: disable=protected-access
-      builder = open_builder(self.name, self.data_dir)
-      self._source = builder.as_data_source(
-          self.split, decoders={"image": tfds.decode.SkipDecoding()})
-    return self._source
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, i: int) -> Dict[str, Any]:
-    return self.source()[int(i)]
-
-  def __repr__(self):
-    return f"Records(tfds:{self.name}, split={self.split!r})"
-
-
-def open_builder(name: str, data_dir: Optional[str]):
-  """The tfds builder of a prepared array_record set, or one clear error
-  naming the `tfds build` command (missing, not prepared, not array_record).
-  """
-  tfds = tfds_loader._import_tfds()  # pylint: disable=protected-access
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise base.DataError(
-        f"tensorflow_datasets {tfds.__version__} has no data set {name!r} "
-        f"({str(e).splitlines()[0]}).") from e
-  how = tfds_loader._how_to_build(name, data_dir)  # pylint: disable=protected-access
-  if not builder.is_prepared():
-    raise base.DataNotFoundError(
-        f"tfds:{name} is not prepared in {builder.data_dir} (data_dir="
-        f"{data_dir!r}); the streaming pipeline reads its array_record "
-        f"files. {how}")
-  fmt = str(getattr(builder.info.file_format, "value",
-                    builder.info.file_format))
-  if fmt != "array_record":
-    raise base.DataError(
-        f"tfds:{name} in {builder.data_dir} is in the {fmt} format; the "
-        f"streaming pipeline needs random access (array_record). {how}")
-  return builder
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class StreamSplit:
-  """A split read record by record: the streaming twin of `base.Dataset`.
-
-  Attributes:
-    records: the split's records (`Records` or any len()/[i] sequence of
-      {"image": bytes, "label": int} dicts).
-    indices: [N] int64 record ids that make up this split (e.g. the
-      training split is the official train split minus the validation ids).
-    num_classes: number of classes.
-    mean, std: per-channel statistics in [0, 1] units (normalisation).
-    image_shape: (size, size, channels) of the images the pipeline outputs.
-    crop_fraction: the evaluation center crop (`image_ops.center_crop`).
-    memo: filled by the evaluation pass with the labels it read, so that
-      `labels` does not read the records a second time.
-  """
-
-  records: Any
-  indices: np.ndarray
-  num_classes: int
-  mean: Tuple[float, ...]
-  std: Tuple[float, ...]
-  image_shape: Tuple[int, int, int]
-  crop_fraction: float = 0.875
-  memo: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-  def __len__(self) -> int:
-    return int(len(self.indices))
-
-  @property
-  def labels(self) -> np.ndarray:
-    """[N] int32 labels (read from the records once, in threads)."""
-    if "labels" not in self.memo:
-      with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        labels = list(pool.map(lambda i: self.records[i]["label"],
-                               self.indices.tolist(), chunksize=64))
-      self.memo["labels"] = np.asarray(labels, np.int32)
-    return self.memo["labels"]
-
-  def eval_image(self, position: int) -> Tuple[np.ndarray, int]:
-    """(center-cropped [S, S, C] uint8 image, label) of row `position`."""
-    ex = self.records[int(self.indices[position])]
-    size, _, channels = self.image_shape
-    return (image_ops.center_crop(ex["image"], size, channels=channels,
-                                  crop_fraction=self.crop_fraction),
-            int(ex["label"]))
-
-  def take(self, idx: np.ndarray) -> "StreamSplit":
-    """The subset at positions `idx` (a fresh label memo)."""
-    return dataclasses.replace(self, indices=self.indices[idx], memo={})
-
-
-def _image_size(cfg, name: str) -> int:
-  size = cfg.get("image_size")
-  if size is None:
-    size = tfds_loader.DEFAULT_IMAGE_SIZE
-  if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-    raise errors.InputError(
-        f"config.data.image_size must be a positive integer, got {size!r}")
-  del name
-  return size
-
-
-def estimate_stats(split: StreamSplit, n: int, seed: int = 0
-                   ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-  """(mean, std) per channel of the center crops of n seeded images."""
-  n = min(n, len(split))
-  rows = np.sort(np.random.default_rng([seed, 7]).choice(len(split), n,
-                                                         replace=False))
-  with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    images = list(pool.map(lambda r: split.eval_image(r)[0], rows.tolist()))
-  return base.channel_stats(np.stack(images))
 
 
 def load_splits(cfg) -> Tuple[Dict[str, StreamSplit], Dict[str, np.ndarray]]:
@@ -217,7 +87,7 @@ def load_splits(cfg) -> Tuple[Dict[str, StreamSplit], Dict[str, np.ndarray]]:
         "available with data.stream=True")
   name = cfg.name[len("tfds:"):]
   data_dir = None if cfg.get("data_dir") is None else str(cfg.data_dir)
-  builder = open_builder(name, data_dir)
+  builder = records_lib.open_builder(name, data_dir)
   num_classes = builder.info.features["label"].num_classes
   have = list(builder.info.splits)
   test_split = "test" if "test" in have else "validation"
@@ -237,7 +107,7 @@ def load_splits(cfg) -> Tuple[Dict[str, StreamSplit], Dict[str, np.ndarray]]:
   indices = {"train": np.sort(perm[:n - val_size]),
              "val": np.sort(perm[n - val_size:])}
   channels = builder.info.features["image"].shape[-1] or 3
-  size = _image_size(cfg, name)
+  size = records_lib.image_size(cfg)
   crop = float(option(cfg, "crop_fraction"))
   if not 0 < crop <= 1:
     raise errors.InputError(
@@ -249,7 +119,7 @@ def load_splits(cfg) -> Tuple[Dict[str, StreamSplit], Dict[str, np.ndarray]]:
                std=(1.0,) * channels)
   mean, std = cfg.get("mean"), cfg.get("std")
   if mean is None or std is None:
-    mean, std = estimate_stats(train, int(option(cfg, "stats_images")),
+    mean, std = records_lib.estimate_stats(train, int(option(cfg, "stats_images")),
                                seed=cfg.get("split_seed", 0))
   for what, v in (("mean", mean), ("std", std)):
     if len(v) != channels:
@@ -265,27 +135,6 @@ def load_splits(cfg) -> Tuple[Dict[str, StreamSplit], Dict[str, np.ndarray]]:
   return splits, indices
 
 
-def decoded_gib(cfg) -> Optional[float]:
-  """GiB the in-memory path would need for tfds set cfg.name's train split
-  (None when the set is not prepared or not a tfds set)."""
-  if not str(cfg.name).startswith("tfds:"):
-    return None
-  name = cfg.name[len("tfds:"):]
-  tfds = tfds_loader._import_tfds()  # pylint: disable=protected-access
-  try:
-    builder = tfds.builder(name, data_dir=cfg.get("data_dir"))
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if not builder.is_prepared() or "train" not in builder.info.splits:
-    return None
-  shape = list(builder.info.features["image"].shape)
-  if name in tfds_loader.VARIABLE_SIZE or None in shape:
-    side = cfg.get("image_size") or tfds_loader.DEFAULT_IMAGE_SIZE
-    shape = [side, side, shape[-1] or 3]
-  n = builder.info.splits["train"].num_examples
-  return n * int(np.prod(shape)) / 2**30
-
-
 # ---------------------------------------------------------------------------
 # Element functions (run in grain's worker processes; picklable).
 
@@ -295,7 +144,7 @@ class _TrainExample:
   """Host position j -> {"image", "label"} of (step, row) it stands for."""
 
   split: StreamSplit
-  sampler: Any  # pipeline.EpochSampler
+  sampler: Any  # sampler.EpochSampler
   first_row: int
   per_host: int
   seed: int
@@ -335,13 +184,28 @@ class _EvalExample:
     return {"image": image, "label": np.int32(label)}
 
 
+def import_grain():
+  """The grain module, or one clear error saying how to install it."""
+  try:
+    import grain  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise base.DataError(
+        f"the streaming pipeline (data.stream) needs grain, which is not "
+        f"importable ({e}). Install it with `pip install 'mexd[stream]'`."
+    ) from e
+  return grain
+
+
 def _iterate(ds, workers: int, read_threads: int) -> Iterator:
   """Iterates a grain MapDataset of host batches, decoding in `workers`
   processes (0: in this process, with `read_threads` threads)."""
-  import grain  # pylint: disable=g-import-not-at-top
+  grain = import_grain()
+  # Elements are host batches: one in flight per read thread. With worker
+  # processes each runs a few threads (file reads overlap the decoding).
+  threads = max(1, read_threads if not workers else min(
+      4, read_threads // workers))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=max(1, read_threads), prefetch_buffer_size=2 * max(
-          1, read_threads)))
+      num_threads=threads, prefetch_buffer_size=threads))
   if workers:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
@@ -377,7 +241,6 @@ class TrainStream:
                workers: int = 0, read_threads: int = 16,
                scale: Sequence[float] = (0.08, 1.0),
                ratio: Sequence[float] = (3 / 4, 4 / 3)):
-    from mexd.data import pipeline  # pylint: disable=g-import-not-at-top
     if not isinstance(workers, int) or workers < 0:
       raise errors.InputError(
           f"config.data.workers must be an integer >= 0, got {workers!r}")
@@ -392,14 +255,14 @@ class TrainStream:
           f"config.data.crop_ratio must be (low, high) with 0 < low <= "
           f"high, got {tuple(ratio)}")
     self.split, self.batch_size, self.seed = split, batch_size, seed
-    self.sampler = pipeline.EpochSampler(len(split), batch_size, seed)
+    self.sampler = sampler.EpochSampler(len(split), batch_size, seed)
     self.steps_per_epoch = self.sampler.steps_per_epoch
     self.workers, self.read_threads = workers, read_threads
     self.scale, self.ratio = (lo, hi), (rlo, rhi)
 
   def dataset(self, start: int, stop: int):
     """grain MapDataset whose element i is the host batch of step start+i."""
-    import grain  # pylint: disable=g-import-not-at-top
+    grain = import_grain()
     first, per = _host_rows(self.batch_size)
     fn = _TrainExample(self.split, self.sampler, first, per, self.seed,
                        self.scale, self.ratio)
@@ -463,7 +326,7 @@ def eval_host_batches(split: StreamSplit, batch_size: int, *,
   """Yields (this process's rows of each padded global eval batch, number
   of valid rows of that global batch), as `pipeline.eval_batches` does for
   an in-memory split. Padded rows have label -1."""
-  import grain  # pylint: disable=g-import-not-at-top
+  grain = import_grain()
   first, per = _host_rows(batch_size)
   n = len(split)
   num_batches = -(-n // batch_size)
