@@ -46,6 +46,9 @@
 #                          configs/digits.py).
 #   --workdir DIR          shared work directory (required): gs://BUCKET/PATH
 #                          or a path mounted on every worker.
+#   --extras LIST          mexd extras to install on the workers, comma
+#                          separated, e.g. stream (the grain pipeline of the
+#                          imagenet recipe).
 #   --skip-setup           do not run step 2 (the workers are set up).
 #   --detach               start training in the background and return.
 #   --dry-run              print the commands, run nothing.
@@ -59,7 +62,7 @@ die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
 
 NAME="" ZONE="" PROJECT="" ACCELERATOR="v4-8" VERSION="tpu-ubuntu2204-base"
 CREATE=0 SPOT=0 REPO="https://github.com/mexd/mexd.git" REF="main"
-CONFIG="configs/digits.py" WORKDIR="" SETUP=1 DETACH=0 DRY_RUN=0
+CONFIG="configs/digits.py" WORKDIR="" SETUP=1 DETACH=0 DRY_RUN=0 EXTRAS=""
 EXTRA=()
 
 while (($#)); do
@@ -88,6 +91,7 @@ while (($#)); do
     --ref|--branch) REF="$value" ;;
     --config) CONFIG="$value" ;;
     --workdir) WORKDIR="$value" ;;
+    --extras) EXTRAS="$value" ;;
     *) die "unknown flag $key (see --help)" ;;
   esac
 done
@@ -109,6 +113,9 @@ if [[ "$WORKDIR" == gs://* ]]; then
   GCS_PKGS=" gcsfs google-cloud-storage"
 fi
 RUN_WORKDIR=$(printf %q "$WORKDIR")
+[[ "$EXTRAS" =~ ^[a-z,]*$ ]] || die "--extras=$EXTRAS: comma-separated names"
+MEXD_SPEC="\$HOME/mexd"
+if [[ -n "$EXTRAS" ]]; then MEXD_SPEC="\$HOME/mexd[$EXTRAS]"; fi
 
 GCLOUD_TARGET=("$NAME" "--zone=$ZONE")
 if [[ -n "$PROJECT" ]]; then GCLOUD_TARGET+=("--project=$PROJECT"); fi
@@ -126,7 +133,7 @@ if [ ! -x "\$HOME/mexd-venv/bin/python" ]; then
   python3 -m venv "\$HOME/mexd-venv" || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv "\$HOME/mexd-venv"; }
 fi
 "\$HOME/mexd-venv/bin/pip" install -q -U pip
-"\$HOME/mexd-venv/bin/pip" install -q -e "\$HOME/mexd" "jax[tpu]"$GCS_PKGS
+"\$HOME/mexd-venv/bin/pip" install -q -e "$MEXD_SPEC" "jax[tpu]"$GCS_PKGS
 echo "\$(hostname): mexd \$(git rev-parse --short HEAD), \$("\$HOME/mexd-venv/bin/python" -c 'import jax; print("jax", jax.__version__)')"
 EOF
 

@@ -187,9 +187,11 @@ def read_checkpoint(workdir: str) -> RunCheckpoint:
                        f"--workdir={workdir}")
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   # With the handlers named, item_metadata() describes the arrays (else it
-  # is None and orbax restores onto the saving run's devices).
+  # is None and orbax restores onto the saving run's devices). A streamed
+  # run's checkpoints also hold its input position (item "data").
+  streamed = any(True for _ in ckpt_dir.glob("*/data"))
   with ocp.CheckpointManager(
-      ckpt_dir, item_handlers=checkpoint.item_handlers()) as mngr:
+      ckpt_dir, item_handlers=checkpoint.item_handlers(streamed)) as mngr:
     if not mngr.all_steps():
       raise WorkdirError(f"{ckpt_dir} holds no finished checkpoint")
 

@@ -109,6 +109,18 @@ def test_input_pipeline(tmp_path):
   assert all(r["img_s"] > 0 for r in rec["rows"])
 
 
+def test_stream_pipeline(tmp_path):
+  rec = _run("stream_pipeline", tmp_path, "--num", "16", "--batch", "4",
+             "--steps", "3", "--reps", "1", "--workers", "0,1",
+             "--data_dir", str(tmp_path / "data"))
+  stages = {r["stage"]: r for r in rec["rows"]}
+  assert {"decode (full)", "random-resized crop (draft)",
+          "pipeline, 0 workers", "pipeline, 1 workers"} <= set(stages)
+  assert all(r["img_s"] > 0 for r in rec["rows"])
+  assert rec["mean_jpeg_bytes"] > 50_000  # ImageNet-like files.
+  assert all(c["host_cores"] > 0 for c in rec["chips"])
+
+
 def test_memory(tmp_path):
   row = _run("memory", tmp_path, "--models", "digits_cnn", "--batch",
              "8")["rows"][0]

@@ -328,6 +328,21 @@ def test_tpu_vm_commands(tmp_path):
       r" --config.num_epochs=3 --config.method=a\ b")
 
 
+def test_tpu_vm_installs_the_extras_asked_for(tmp_path):
+  _, calls = _tpu_vm(tmp_path, "--name=t", "--zone=z", "--extras=stream",
+                     "--workdir=/mnt/nfs/run", "--config=imagenet")
+  setup_cmd = calls[0][-1][len("--command="):]
+  assert 'pip" install -q -e "$HOME/mexd[stream]" "jax[tpu]"\n' in setup_cmd
+  check = subprocess.run(["bash", "-n", "-c", setup_cmd], capture_output=True,
+                         text=True, timeout=60)
+  assert check.returncode == 0, check.stderr
+  proc = subprocess.run(
+      ["bash", os.path.join(LAUNCH, "tpu_vm.sh"), "--name=t", "--zone=z",
+       "--workdir=/w", "--extras=stream;rm", "--dry-run"],
+      capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2 and "comma-separated" in proc.stderr
+
+
 def test_tpu_vm_dry_run_runs_nothing(tmp_path):
   stdout, calls = _tpu_vm(tmp_path, "--dry-run", *TPU_FLAGS)
   assert calls == []

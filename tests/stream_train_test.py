@@ -7,6 +7,9 @@ trains end to end and `mexd.evaluate`'s loader reads the streamed run.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +21,10 @@ from mexd import evaluation
 from mexd import train
 from mexd import workdir as workdir_lib
 from mexd.data import mock
+
+import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +95,31 @@ def test_imagenet_runlocal_recipe_trains_on_mock_data(inet, tmp_path):
   res = train.train_and_evaluate(c, str(tmp_path))
   assert res["steps"] == 50 // 16
   assert len(res["test"]["acc"]) == 5  # MSDNet's five exits.
+
+
+@pytest.mark.slow
+def test_two_processes_stream_train_like_one(inet, tmp_path):
+  # 2 processes x 4 devices vs 1 process x 8 devices, 3 steps: each process
+  # reads its half of every batch and saves its own input position.
+  flags = ["--config=configs/imagenet.py:runlocal",
+           f"--config.data.data_dir={inet}", "--config.model.name=small_cnn",
+           "--config.data.image_size=32", "--config.num_devices=8",
+           "--config.num_epochs=1", "--config.progress_bar=False"]
+  mp, sp = tmp_path / "mp", tmp_path / "sp"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "local_multiprocess.py"),
+       "--num_processes=2", "--cpu_devices=4", "--timeout=400", "--",
+       *flags, f"--workdir={mp}"], cwd=REPO, capture_output=True, text=True,
+      timeout=450)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for p in range(2):
+    pos = json.loads((mp / f"checkpoints/3/data/process_{p}-of-2.json"
+                      ).read_text())
+    assert pos["process_index"] == p and pos["next_step"] == 3
+  c = _small(inet, num_epochs=1, num_devices=8)
+  train.train_and_evaluate(c, str(sp))
+  a, b = (workdir_lib.load_variables(str(w)) for w in (mp, sp))
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(b),
+                          jax.tree.leaves(a)):
+    # Gloo's all-reduce adds in another order: close, not bitwise.
+    helpers.assert_close_norm(y, x, jax.tree_util.keystr(path))

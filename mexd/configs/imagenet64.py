@@ -2,8 +2,8 @@
 
 TinyImageNet-size work (MATE evaluates on TinyImageNet, 64x64 images) and a
 stand-in for ImageNet that fits in host memory (1.28 M images of 64x64x3 are
-15 GiB as uint8; the in-memory loader refuses imagenet2012 at 224 px, ~180
-GiB, and mexd has no streaming JPEG pipeline yet):
+15 GiB as uint8; 224-px ImageNet, ~180 GiB, streams: the `imagenet`
+recipe):
 
   python -m mexd.train --config=imagenet64              # MATE
   python -m mexd.train --config=imagenet64:method=eed

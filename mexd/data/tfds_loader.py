@@ -122,7 +122,8 @@ def to_numpy(source: Sequence[Dict[str, Any]], *, where: str,
           raise base.DataError(
               f"{where}: {n} images of {list(image.shape)} need {gib:.1f} "
               f"GiB in memory, over max_gib={max_gib}. This in-memory loader "
-              f"suits small sets: use a smaller image_size, a resized "
+              f"suits small sets: stream it (data.stream=True, see "
+              f"docs/data.md), use a smaller image_size, a resized "
               f"variant (tfds:imagenet_resized/64x64) or raise max_gib.")
         images = np.empty((n,) + image.shape, np.uint8)
         labels = np.empty((n,), np.int32)

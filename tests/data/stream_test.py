@@ -218,7 +218,7 @@ _TWO_PROCESSES = textwrap.dedent("""
         val_size=10, split_seed=0))
     splits, _ = stream.load_splits(cfg)
     ts = stream.TrainStream(splits["train"], 8, seed=0, workers=0)
-    train = list(ts.host_batches(0, ts.steps_per_epoch))
+    train = list(ts.host_batches(0, 2 * ts.steps_per_epoch))
     ev = list(pipeline.eval_host_batches(splits["test"], 8))
     np.savez(sys.argv[4],
              image=np.stack([b["image"] for b in train]),
@@ -250,7 +250,8 @@ def test_two_processes_read_disjoint_shares_of_every_batch(inet, tmp_path):
   parts = [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
   splits, _ = stream.load_splits(_cfg(root))
   ts = stream.TrainStream(splits["train"], 8, seed=0)
-  one = list(ts.host_batches(0, ts.steps_per_epoch))
+  one = list(ts.host_batches(0, 2 * ts.steps_per_epoch))  # Two epochs.
+  assert len(parts[0]["image"]) == len(one) == 12
   for step, b in enumerate(one):
     # Process p holds rows [4p, 4p + 4) of the global batch, bit for bit.
     for p in range(2):
