@@ -1,15 +1,19 @@
 """Training through the streaming pipeline on a mock imagenet2012.
 
-A streamed run stopped and resumed (the input position restored from its
-checkpoint) ends bitwise equal to an uninterrupted one; the position is in
-the checkpoint as grain's per-process JSON; `configs/imagenet.py:runlocal`
-trains end to end and `mexd.evaluate`'s loader reads the streamed run.
+A streamed `python -m mexd.train` killed with SIGKILL and run again (the
+input position restored from its checkpoint, other worker count) ends
+bitwise equal to an uninterrupted run; the position is in the checkpoint as
+grain's per-process JSON and a wrong one is refused; two processes train
+like one; `configs/imagenet.py:runlocal` trains end to end and
+`mexd.evaluate`'s loader reads a streamed run.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -49,30 +53,6 @@ def _small(root, **kw):
   for k, v in kw.items():
     setattr(c, k, v)
   return c
-
-
-@pytest.mark.slow
-def test_stopped_and_resumed_stream_run_is_bitwise_equal(inet, tmp_path):
-  full, part = str(tmp_path / "full"), str(tmp_path / "part")
-  res = train.train_and_evaluate(_small(inet), full)
-  assert res["steps"] == 9
-  stopped = train.train_and_evaluate(_small(inet), part, stop_after=4)
-  assert stopped["stopped"] == 4
-  position = json.loads(
-      (tmp_path / "part/checkpoints/4/data/process_0-of-1.json").read_text())
-  assert position["next_step"] == 4 and position["global_batch"] == 16
-  # Resuming with other worker counts: the batches do not depend on them.
-  train.train_and_evaluate(_small(inet, data=dict(
-      _small(inet).data, workers=2)), part)
-  a, b = (workdir_lib.load_variables(w) for w in (full, part))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  # The evaluation loader streams the validation and test splits.
-  run = evaluation.load_run(full)
-  assert run.test_logits.shape == (3, 20, 1000)
-  acc = (run.test_logits[-1].argmax(-1) == run.test.labels).mean()
-  saved = json.loads((tmp_path / "full/results.json").read_text())
-  assert acc == pytest.approx(saved["test"]["acc"][-1])
 
 
 def test_a_position_of_another_run_is_refused(inet, tmp_path):
@@ -123,3 +103,55 @@ def test_two_processes_stream_train_like_one(inet, tmp_path):
                           jax.tree.leaves(a)):
     # Gloo's all-reduce adds in another order: close, not bitwise.
     helpers.assert_close_norm(y, x, jax.tree_util.keystr(path))
+
+
+def _cli(root, workdir, epochs):
+  """`python -m mexd.train` with the flags of `_small(root)`."""
+  return [sys.executable, "-m", "mexd.train",
+          "--config=configs/imagenet.py:runlocal",
+          f"--config.data.data_dir={root}", "--config.model.name=small_cnn",
+          "--config.data.image_size=32", f"--config.num_epochs={epochs}",
+          "--config.progress_bar=False", "--config.ckpt_every_steps=2",
+          "--config.eval_every_epochs=100", f"--workdir={workdir}"]
+
+
+@pytest.mark.slow
+def test_sigkilled_stream_run_resumes_bitwise_equal(inet, tmp_path):
+  epochs = 20  # 60 steps: long enough to be killed mid-run.
+  ref = str(tmp_path / "ref")
+  res = train.train_and_evaluate(
+      _small(inet, num_epochs=epochs, eval_every_epochs=100), ref)
+  assert res["steps"] == 60
+  wd = tmp_path / "killed"
+  proc = subprocess.Popen(_cli(inet, wd, epochs), cwd=REPO,
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  ckpts = wd / "checkpoints"
+  while time.time() < deadline and not any(
+      p.name.isdigit() and int(p.name) >= 4 for p in (
+          ckpts.iterdir() if ckpts.is_dir() else [])):
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (wd / "results.json").exists()
+  step = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  position = json.loads(
+      (ckpts / f"{step}/data/process_0-of-1.json").read_text())
+  assert position["next_step"] == step and position["global_batch"] == 16
+  # Resumed with worker processes: the batches do not depend on them.
+  out = subprocess.run(_cli(inet, wd, epochs) + ["--config.data.workers=2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Resuming from step" in out.stdout
+  a, b = (workdir_lib.load_variables(w) for w in (ref, str(wd)))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  # The evaluation loader streams the validation and test splits.
+  run = evaluation.load_run(ref)
+  assert run.test_logits.shape == (3, 20, 1000)
+  acc = (run.test_logits[-1].argmax(-1) == run.test.labels).mean()
+  saved = json.loads((tmp_path / "ref/results.json").read_text())
+  assert acc == pytest.approx(saved["test"]["acc"][-1])
