@@ -46,6 +46,7 @@ VARIANTS = [
     ("stanford_dogs", "method=eed"), ("imagenet64", ""),
     ("imagenet64", "res=32,method=byot"), ("imagenet", ""),
     ("imagenet", "eed"), ("imagenet", "method=kd,student,batch=1024"),
+    ("imagenet", "method=ce,arch=msdnet,ls=0.1,warmup=5"),
 ]
 
 
@@ -84,6 +85,23 @@ def test_runlocal_variant_validates(name, arg):
 def test_runlocal_keeps_the_unlabeled_share():
   c = load("cifar100", "method=pl,semisup=True,runlocal=True")
   assert (c.batch_size, c.data.unlabeled_batch) == (16, 8)
+
+
+def test_imagenet_recipe_options():
+  c = load("imagenet", "method=ce,ls=0.1,warmup=5,batch=1024")
+  assert c.loss.ce.label_smoothing == 0.1 and c.model.name == "resnet50_imagenet"
+  assert c.optimizer.warmup_epochs == 5 and c.optimizer.lr == 0.4
+  assert c.data.stream and c.model.dtype == "bfloat16"
+  m = train.build_method(c)
+  z = jnp.zeros((4, 2, 1000)); y = jnp.array([0, 1])
+  ce = float(m.loss_fn({"logits": z}, y, params={}, state={}, progress=0.)[
+      1]["ce/exit0"])
+  assert abs(ce - jnp.log(1000.0)) < 1e-4  # Uniform logits: smoothing-free.
+  c = load("imagenet", "")
+  assert c.model.name == "msdnet_imagenet" and c.method == "pl"
+  assert c.loss.pl.label_smoothing is None
+  with pytest.raises(ValueError, match="ls in"):
+    load("imagenet", "ls=1.5")
 
 
 def test_unknown_config_argument_is_refused():

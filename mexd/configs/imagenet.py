@@ -27,6 +27,7 @@ Recipes (docs/methods.md):
 
 Args: method (default pl), arch (msdnet|resnet50; default by method),
 batch (global batch, default 256), warmup (epochs of linear warm-up, 0),
+ls (label smoothing of the methods' cross-entropy terms, 0; e.g. 0.1),
 bf16 (bfloat16 compute, parameters float32; default on, off with
 runlocal), workers (decoding processes per host, default 16), epochs (0:
 90), student (width-halved ResNet-50 for erde/kd), runlocal (64 px, batch
@@ -45,14 +46,15 @@ STD = (0.229, 0.224, 0.225)
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, **config_lib.recipe_args(
       method="pl", arch=config_lib.Choice("auto", ("auto",) + ARCHS),
-      batch=256, warmup=0.0, bf16=True, workers=16))
+      batch=256, warmup=0.0, ls=0.0, bf16=True, workers=16))
   arch = a.arch
   if arch == "auto":
     arch = "msdnet" if a.method in ("pl", "pl_const") else "resnet50"
-  if a.batch <= 0 or a.workers < 0 or a.warmup < 0:
+  if a.batch <= 0 or a.workers < 0 or a.warmup < 0 or not 0 <= a.ls < 1:
     raise errors.InputError(
-        f"imagenet: batch must be > 0, workers and warmup >= 0 (got "
-        f"batch={a.batch}, workers={a.workers}, warmup={a.warmup})")
+        f"imagenet: batch must be > 0, workers and warmup >= 0, ls in [0, "
+        f"1) (got batch={a.batch}, workers={a.workers}, warmup={a.warmup}, "
+        f"ls={a.ls})")
   c = config_lib.base_config()
   c.data.name = "tfds:imagenet2012"
   c.data.stream = True
@@ -87,6 +89,8 @@ def get_config(arg=None):
                             schedule="step", milestones=(30, 60, 80),
                             gamma=0.1))
   c.optimizer.warmup_epochs = float(a.warmup)
+  if a.ls:
+    c.loss[a.method].label_smoothing = float(a.ls)
   if a.method in ("pl", "pl_const"):
     c.loss[a.method].global_scale = 2 * 5 / 5
   c.log_every_steps = 100

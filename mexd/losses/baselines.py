@@ -16,13 +16,15 @@ from mexd.losses import common
 Array = jax.Array
 
 
-def weighted_ce(logits: Array, labels: Array, weights: Array):
+def weighted_ce(logits: Array, labels: Array, weights: Array,
+                label_smoothing: float = 0.0):
   """`sum_i w_i CE(z_i, y)`.
 
   Args:
     logits: [E, B, C].
     labels: [B] int (-1 = unlabeled, ignored).
     weights: [E] per-exit weights.
+    label_smoothing: eps of the CE (`common.ce_per_example`).
 
   Returns:
     (loss, metrics) with "loss/ce" and per-exit "ce/exit{i}".
@@ -32,15 +34,17 @@ def weighted_ce(logits: Array, labels: Array, weights: Array):
     >>> round(float(weighted_ce(z, y, jnp.ones(2))[0]), 4)  # 2 * log(5)
     3.2189
   """
-  ce = common.ce_per_exit(logits, labels)
+  ce = common.ce_per_exit(logits, labels, label_smoothing)
   loss, metrics = common.combine({"ce": jnp.sum(weights * ce)})
   metrics.update(common.per_exit_metrics("ce", ce))
   return loss, metrics
 
 
-def make_ce(*, exit_weights: Optional[Sequence[float]] = None
-            ) -> common.Method:
-  """Plain multi-exit baseline `sum_i w_i CE(z_i, y)` (w = 1 by default)."""
+def make_ce(*, exit_weights: Optional[Sequence[float]] = None,
+            label_smoothing: Optional[float] = None) -> common.Method:
+  """Plain multi-exit baseline `sum_i w_i CE(z_i, y)` (w = 1 by default;
+  label_smoothing: eps of the CE, None = 0)."""
+  ls = common.check_smoothing(label_smoothing)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress
@@ -51,7 +55,7 @@ def make_ce(*, exit_weights: Optional[Sequence[float]] = None
       raise errors.InputError(
           f"exit_weights has {w.shape[0]} entries but the model "
           f"has {z.shape[0]} exits")
-    return weighted_ce(z, labels, w)
+    return weighted_ce(z, labels, w, ls)
 
   return common.Method(name="ce", loss_fn=loss_fn)
 
@@ -107,12 +111,15 @@ def sdn_weights(num_exits: int, progress: Array | float,
   return jnp.concatenate([tau, jnp.ones((1,), jnp.float32)])
 
 
-def make_sdn(*, tau_max: Optional[Sequence[float]] = None) -> common.Method:
+def make_sdn(*, tau_max: Optional[Sequence[float]] = None,
+             label_smoothing: Optional[float] = None) -> common.Method:
   """SDN: CE on every exit, IC weights ramping up with `progress`.
 
   Args:
     tau_max: E - 1 maximal IC weights (>= 0); None = `sdn_tau_max(E - 1)`.
+    label_smoothing: eps of the CE (None = 0).
   """
+  ls = common.check_smoothing(label_smoothing)
   if tau_max is not None:
     tau_max = tuple(float(t) for t in tau_max)
     for t in tau_max:
@@ -122,7 +129,7 @@ def make_sdn(*, tau_max: Optional[Sequence[float]] = None) -> common.Method:
     del params, state
     z = outputs["logits"]
     w = sdn_weights(z.shape[0], progress, tau_max)
-    loss, metrics = weighted_ce(z, labels, w)
+    loss, metrics = weighted_ce(z, labels, w, ls)
     metrics.update(common.per_exit_metrics("sdn/tau", w))
     return loss, metrics
 
@@ -134,7 +141,7 @@ def make_sdn(*, tau_max: Optional[Sequence[float]] = None) -> common.Method:
 
 def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
               *, alpha: float = 0.3, temperature: Array | float = 3.0,
-              feature_weight: float = 0.03):
+              feature_weight: float = 0.03, label_smoothing: float = 0.0):
   """Be Your Own Teacher with the project defaults.
 
   `L = (1-a) sum_i CE(z_i, y) + a T^2 sum_{i<E-1} KL(t || p_i^T)
@@ -151,6 +158,7 @@ def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
     alpha: KD weight a in [0, 1].
     temperature: T > 0.
     feature_weight: lambda >= 0.
+    label_smoothing: eps of the CE terms.
 
   Returns:
     (loss, metrics) with "loss/ce", "loss/kd", "loss/feat" (weighted) and
@@ -164,7 +172,7 @@ def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
   if feature_weight and features is None:
     raise ValueError("BYOT with feature_weight > 0 needs outputs['features']")
   teacher = jax.lax.stop_gradient(logits[-1])                    # [B, C]
-  ce = common.ce_per_exit(logits, labels)                         # [E]
+  ce = common.ce_per_exit(logits, labels, label_smoothing)        # [E]
   kd = jnp.mean(common.kl_per_example(teacher[None], logits[:-1],
                                       temperature), axis=-1)      # [E-1]
   terms = {"ce": jnp.sum(ce), "kd": temperature**2 * jnp.sum(kd)}
@@ -184,8 +192,10 @@ def byot_loss(logits: Array, labels: Array, features: Optional[Array] = None,
 
 
 def make_byot(*, alpha: float = 0.3, temperature: float = 3.0,
-              feature_weight: float = 0.03) -> common.Method:
+              feature_weight: float = 0.03,
+              label_smoothing: Optional[float] = None) -> common.Method:
   """BYOT: CE everywhere, KD and feature hints from the deepest exit."""
+  ls = common.check_smoothing(label_smoothing)
   common.check_unit("alpha", alpha)
   common.check_positive("temperature", temperature)
   common.check_at_least("feature_weight", feature_weight, 0)
@@ -194,6 +204,6 @@ def make_byot(*, alpha: float = 0.3, temperature: float = 3.0,
     del params, state, progress
     return byot_loss(outputs["logits"], labels, outputs.get("features"),
                      alpha=alpha, temperature=jnp.float32(temperature),
-                     feature_weight=feature_weight)
+                     feature_weight=feature_weight, label_smoothing=ls)
 
   return common.Method(name="byot", loss_fn=loss_fn)

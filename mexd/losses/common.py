@@ -26,22 +26,31 @@ def labeled_mask(labels: Array) -> Array:
   return (labels >= 0).astype(jnp.float32)
 
 
-def ce_per_example(logits: Array, labels: Array) -> Array:
-  """Cross-entropy of every exit and example.
+def ce_per_example(logits: Array, labels: Array,
+                   smoothing: float = 0.0) -> Array:
+  """Cross-entropy of every exit and example, optionally label-smoothed.
+
+  With smoothing eps the target is (1 - eps) one_hot(y) + eps / C (Szegedy
+  et al., 2016; `optax.smooth_labels`): `(1 - eps) CE(z, y) + eps mean_c
+  -log softmax(z)_c`.
 
   Args:
     logits: [E, B, C] (or [B, C]).
     labels: [B] int; negative labels give 0 (mask them out when reducing).
+    smoothing: eps in [0, 1); 0 is the plain cross-entropy.
 
   Returns:
-    [E, B] (or [B]) float32 `-log softmax(logits)[..., y]`.
+    [E, B] (or [B]) float32 `-log softmax(logits)[..., y]` (smoothed).
   """
   # optax's CE with integer labels; the mask is ours (optax has no
   # "unlabeled" index), so negative labels are clamped to a valid class and
   # their CE multiplied by 0.
   safe = jnp.broadcast_to(jnp.maximum(labels, 0), logits.shape[:-1])
-  ce = optax.losses.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), safe)
+  z = logits.astype(jnp.float32)
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(z, safe)
+  if smoothing:
+    uniform = -jnp.mean(jax.nn.log_softmax(z, axis=-1), axis=-1)
+    ce = (1.0 - smoothing) * ce + smoothing * uniform
   return ce * labeled_mask(labels)
 
 
@@ -53,9 +62,24 @@ def masked_mean(x: Array, mask: Array) -> Array:
   return jnp.sum(x * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def ce_per_exit(logits: Array, labels: Array) -> Array:
-  """[E] batch-mean cross-entropy of each exit over the labeled examples."""
-  return masked_mean(ce_per_example(logits, labels), labeled_mask(labels))
+def ce_per_exit(logits: Array, labels: Array, smoothing: float = 0.0
+                ) -> Array:
+  """[E] batch-mean cross-entropy of each exit over the labeled examples
+  (label-smoothed by `smoothing`, see `ce_per_example`)."""
+  return masked_mean(ce_per_example(logits, labels, smoothing),
+                     labeled_mask(labels))
+
+
+def check_smoothing(label_smoothing) -> float:
+  """The label-smoothing eps of a method's `label_smoothing` hyperparameter
+  (None: 0), checked to be in [0, 1)."""
+  if label_smoothing is None:
+    return 0.0
+  check_unit("label_smoothing", label_smoothing)
+  if label_smoothing >= 1:
+    raise errors.InputError(
+        f"label_smoothing must be in [0, 1), got {label_smoothing}")
+  return float(label_smoothing)
 
 
 def soft_ce(teacher_probs: Array, student_logits: Array,

@@ -33,7 +33,7 @@ def loss_with_targets(logits: Array, labels: Array,
                       target_features: Optional[Array] = None,
                       output_loss: str = "mse",
                       temperature: Array | float = 3.0,
-                      kl_weight: float = 0.1):
+                      kl_weight: float = 0.1, label_smoothing: float = 0.0):
   """The EED loss towards given (constant) targets.
 
   `eed_loss` calls this with the stop-gradient exit ensemble; tests call it
@@ -48,13 +48,14 @@ def loss_with_targets(logits: Array, labels: Array,
     output_loss: "mse" (mean over B * C) or "kl" (T^2-scaled, batch mean).
     temperature: T > 0 of the "kl" output loss.
     kl_weight: weight of the "kl" output loss (authors: 0.1).
+    label_smoothing: eps of the CE terms.
 
   Returns:
     (loss, metrics) with "loss/ce", "loss/mse" or "loss/kd", "loss/feat" and
     the per-exit "ce/exit{i}", "mse/exit{i}" or "kd/exit{i}", "feat/exit{i}".
   """
   common.check_choice("output_loss", output_loss, OUTPUT_LOSSES)
-  ce = common.ce_per_exit(logits, labels)                          # [E]
+  ce = common.ce_per_exit(logits, labels, label_smoothing)         # [E]
   terms = {"ce": jnp.sum(ce)}
   weights = {}
   if output_loss == "mse":
@@ -82,7 +83,8 @@ def loss_with_targets(logits: Array, labels: Array,
 
 def eed_loss(logits: Array, labels: Array, features: Optional[Array] = None,
              *, output_loss: str = "mse", temperature: Array | float = 3.0,
-             kl_weight: float = 0.1, feature_loss: bool = True):
+             kl_weight: float = 0.1, feature_loss: bool = True,
+             label_smoothing: float = 0.0):
   """The EED loss: every exit distilled towards the detached exit ensemble.
 
   Args:
@@ -93,6 +95,7 @@ def eed_loss(logits: Array, labels: Array, features: Optional[Array] = None,
     temperature: T > 0 of the "kl" output loss.
     kl_weight: weight of the "kl" output loss.
     feature_loss: add the partial-L2 feature distillation.
+    label_smoothing: eps of the CE terms.
 
   Returns:
     (loss, metrics) as `loss_with_targets`.
@@ -112,13 +115,15 @@ def eed_loss(logits: Array, labels: Array, features: Optional[Array] = None,
   return loss_with_targets(
       logits, labels, features, target_logits=ens_logits,
       target_features=ens_features, output_loss=output_loss,
-      temperature=temperature, kl_weight=kl_weight)
+      temperature=temperature, kl_weight=kl_weight,
+      label_smoothing=label_smoothing)
 
 
 def make_eed(*, output_loss: str = "mse", temperature: float = 3.0,
-             kl_weight: float = 0.1, feature_loss: bool = True
-             ) -> common.Method:
+             kl_weight: float = 0.1, feature_loss: bool = True,
+             label_smoothing: Optional[float] = None) -> common.Method:
   """EED with the authors' defaults (MSE output loss, feature loss on)."""
+  ls = common.check_smoothing(label_smoothing)
   common.check_choice("output_loss", output_loss, OUTPUT_LOSSES)
   common.check_positive("temperature", temperature)
   common.check_at_least("kl_weight", kl_weight, 0)
@@ -128,6 +133,7 @@ def make_eed(*, output_loss: str = "mse", temperature: float = 3.0,
     return eed_loss(outputs["logits"], labels, outputs.get("features"),
                     output_loss=output_loss,
                     temperature=jnp.float32(temperature),
-                    kl_weight=kl_weight, feature_loss=bool(feature_loss))
+                    kl_weight=kl_weight, feature_loss=bool(feature_loss),
+                    label_smoothing=ls)
 
   return common.Method(name="eed", loss_fn=loss_fn)

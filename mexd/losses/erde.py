@@ -21,6 +21,8 @@ averages over the labeled examples. Unlabeled examples (label -1) count as
 every example.
 """
 
+from typing import Optional
+
 import math
 
 import jax
@@ -40,7 +42,8 @@ def teacher_wrong(teacher_logits: Array, labels: Array) -> Array:
 
 def erde_loss(logits: Array, teacher_logits: Array, labels: Array, *,
               temperature: Array | float = 4.0, alpha: float = 0.5,
-              gamma: float = 1.0, kl_on_wrong: bool = False):
+              gamma: float = 1.0, kl_on_wrong: bool = False,
+              label_smoothing: float = 0.0):
   """The ERDE (project reading) loss for one batch.
 
   Args:
@@ -79,7 +82,7 @@ def erde_loss(logits: Array, teacher_logits: Array, labels: Array, *,
   num_classes = logits.shape[-1]
   wrong = teacher_wrong(teacher, labels)                           # [E, B]
   kl_mask = jnp.ones_like(wrong) if kl_on_wrong else 1.0 - wrong
-  ce = common.ce_per_exit(logits, labels)                          # [E]
+  ce = common.ce_per_exit(logits, labels, label_smoothing)         # [E]
   kl = common.kl_per_example(teacher, logits, temperature)         # [E, B]
   kd = jnp.mean(kl_mask * kl, axis=-1)                             # [E]
   logp = jax.nn.log_softmax(logits, axis=-1)
@@ -106,30 +109,33 @@ def _check(temperature, alpha, gamma=0.0):
   common.check_at_least("gamma", gamma, 0)
 
 
-def _make(name, *, temperature, alpha, gamma, kl_on_wrong):
+def _make(name, *, temperature, alpha, gamma, kl_on_wrong, label_smoothing):
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress
     if "teacher_logits" not in outputs:
       raise ValueError(f"method {name!r} needs outputs['teacher_logits']")
     return erde_loss(outputs["logits"], outputs["teacher_logits"], labels,
                      temperature=jnp.float32(temperature), alpha=alpha,
-                     gamma=gamma, kl_on_wrong=kl_on_wrong)
+                     gamma=gamma, kl_on_wrong=kl_on_wrong,
+                     label_smoothing=label_smoothing)
 
   return common.Method(name=name, loss_fn=loss_fn, needs_teacher=True)
 
 
 def make_erde(*, temperature: float = 4.0, alpha: float = 0.5,
-              gamma: float = 1.0, kl_on_wrong: bool = False
-              ) -> common.Method:
+              gamma: float = 1.0, kl_on_wrong: bool = False,
+              label_smoothing: Optional[float] = None) -> common.Method:
   """ERDE (project reading, docs/methods.md §4.1); needs a frozen teacher."""
   _check(temperature, alpha, gamma)
   return _make("erde", temperature=temperature, alpha=alpha, gamma=gamma,
-               kl_on_wrong=bool(kl_on_wrong))
+               kl_on_wrong=bool(kl_on_wrong),
+               label_smoothing=common.check_smoothing(label_smoothing))
 
 
-def make_kd(*, temperature: float = 4.0, alpha: float = 0.5
-            ) -> common.Method:
+def make_kd(*, temperature: float = 4.0, alpha: float = 0.5,
+            label_smoothing: Optional[float] = None) -> common.Method:
   """Plain teacher -> student KD on every exit pair (ERDE without L_E)."""
   _check(temperature, alpha)
   return _make("kd", temperature=temperature, alpha=alpha, gamma=0.0,
-               kl_on_wrong=True)
+               kl_on_wrong=True,
+               label_smoothing=common.check_smoothing(label_smoothing))

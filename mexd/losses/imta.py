@@ -21,6 +21,8 @@ its classifiers only (`config.optimizer.trainable = CLASSIFIERS`).
 """
 
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -36,7 +38,8 @@ TARGETS = ("self", "teacher")
 
 def imta_loss(logits: Array, labels: Array, *, temperature: float = 3.0,
               gamma: float = 0.9, class_mean: bool = True,
-              teacher_logits: Array | None = None):
+              teacher_logits: Array | None = None,
+              label_smoothing: float = 0.0):
   """IMTA's KD loss for one batch.
 
   Args:
@@ -61,7 +64,7 @@ def imta_loss(logits: Array, labels: Array, *, temperature: float = 3.0,
   num_exits, num_classes = logits.shape[0], logits.shape[-1]
   teacher = jax.lax.stop_gradient(
       logits[-1] if teacher_logits is None else teacher_logits[-1])
-  ce = common.ce_per_exit(logits, labels)                          # [E]
+  ce = common.ce_per_exit(logits, labels, label_smoothing)         # [E]
   kd = jnp.mean(common.kl_per_example(teacher[None], logits[:-1],
                                       temperature), axis=-1)       # [E-1]
   ce_weights = jnp.asarray([1.0 - gamma] * (num_exits - 1) + [1.0])
@@ -75,7 +78,8 @@ def imta_loss(logits: Array, labels: Array, *, temperature: float = 3.0,
 
 
 def make_imta(*, temperature: float = 3.0, gamma: float = 0.9,
-              class_mean: bool = True, target: str = "self") -> common.Method:
+              class_mean: bool = True, target: str = "self",
+              label_smoothing: Optional[float] = None) -> common.Method:
   """IMTA: one-for-all KD from the final exit, with gradient equilibrium.
 
   target: "self" (the model's own final exit, one training stage) or
@@ -85,13 +89,14 @@ def make_imta(*, temperature: float = 3.0, gamma: float = 0.9,
   common.check_unit("gamma", gamma)
   common.check_choice("target", target, TARGETS)
   from_teacher = target == "teacher"
+  ls = common.check_smoothing(label_smoothing)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress
     return imta_loss(outputs["logits"], labels, temperature=temperature,
                      gamma=gamma, class_mean=class_mean,
                      teacher_logits=(outputs["teacher_logits"] if from_teacher
-                                     else None))
+                                     else None), label_smoothing=ls)
 
   return common.Method("imta", loss_fn, needs_teacher=from_teacher,
                        gradient_equilibrium=True)

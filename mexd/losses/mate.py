@@ -24,7 +24,7 @@ exits j >= k; `weights_objective="kd"` trains A through the KD term instead of
 L_A (then L_A is only logged); `beta` may be a per-exit sequence.
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,8 @@ def teacher_weights(ensemble_logits: Array, *,
 def mate_loss(logits: Array, labels: Array, ensemble_logits: Array, *,
               temperature: Array | float = 3.0,
               beta: float | Sequence[float] = 0.7,
-              restrict_deeper: bool = False, weights_objective: str = "ce"):
+              restrict_deeper: bool = False, weights_objective: str = "ce",
+              label_smoothing: float = 0.0):
   """The MATE (project reading) loss for one batch.
 
   Args:
@@ -109,8 +110,8 @@ def mate_loss(logits: Array, labels: Array, ensemble_logits: Array, *,
   # Teachers see the exits only through stop_gradient: A alone is trained.
   teachers = jnp.einsum("kj,jbc->kbc", w,
                         jax.lax.stop_gradient(logits))             # [E, B, C]
-  teacher_ce = common.ce_per_exit(teachers, labels)                # [E]
-  ce = common.ce_per_exit(logits, labels)                          # [E]
+  teacher_ce = common.ce_per_exit(teachers, labels, label_smoothing)  # [E]
+  ce = common.ce_per_exit(logits, labels, label_smoothing)            # [E]
   terms = {"ce": jnp.sum(ce)}
   kd = jnp.zeros((num_exits,), jnp.float32)
   if num_exits > 1:
@@ -144,7 +145,8 @@ def mate_loss(logits: Array, labels: Array, ensemble_logits: Array, *,
 def make_mate(*, temperature: float = 3.0,
               beta: float | Sequence[float] = 0.7,
               restrict_deeper: bool = False,
-              weights_objective: str = "ce") -> common.Method:
+              weights_objective: str = "ce",
+              label_smoothing: Optional[float] = None) -> common.Method:
   """MATE (project reading, docs/methods.md §3.1); A is in `params`."""
   common.check_positive("temperature", temperature)
   betas = np.atleast_1d(np.asarray(beta, np.float64))
@@ -154,6 +156,7 @@ def make_mate(*, temperature: float = 3.0,
   common.check_choice("weights_objective", weights_objective,
                       WEIGHTS_OBJECTIVES)
   beta = float(betas[0]) if np.ndim(beta) == 0 else tuple(betas.tolist())
+  ls = common.check_smoothing(label_smoothing)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del state, progress
@@ -165,7 +168,8 @@ def make_mate(*, temperature: float = 3.0,
     return mate_loss(z, labels, params["ensemble_logits"],
                      temperature=jnp.float32(temperature), beta=beta,
                      restrict_deeper=restrict_deeper,
-                     weights_objective=weights_objective)
+                     weights_objective=weights_objective,
+                     label_smoothing=ls)
 
   def init_params(num_exits: int):
     return {"ensemble_logits": jnp.zeros((num_exits, num_exits), jnp.float32)}

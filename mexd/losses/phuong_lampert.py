@@ -13,6 +13,8 @@ Semi-supervised variant: examples with label -1 contribute no cross-entropy
 distillation term, which is averaged over the whole batch.
 """
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -22,7 +24,8 @@ Array = jax.Array
 
 
 def distillation_loss(logits: Array, labels: Array, *, temperature: Array,
-                      c: float = 0.5, global_scale: float = 1.0):
+                      c: float = 0.5, global_scale: float = 1.0,
+                      label_smoothing: float = 0.0):
   """The DBT loss for one batch.
 
   `L = s * [ (1-C) sum_i CE(z_i, y) + C T^2 sum_{i<E-1} KL(t || p_i^T) ]` with
@@ -35,6 +38,7 @@ def distillation_loss(logits: Array, labels: Array, *, temperature: Array,
     temperature: scalar T > 0 (traced; growing T does not recompile).
     c: the distillation weight C in [0, 1].
     global_scale: s, a pure loss rescaling (authors: 2 * 5 / E).
+    label_smoothing: eps of the CE terms (the teacher term is unchanged).
 
   Returns:
     (loss, metrics) with "loss/ce", "loss/kd", per-exit "ce/exit{i}",
@@ -47,7 +51,7 @@ def distillation_loss(logits: Array, labels: Array, *, temperature: Array,
     2.0794
   """
   teacher = jax.lax.stop_gradient(logits[-1])                    # [B, C]
-  ce = common.ce_per_exit(logits, labels)                         # [E]
+  ce = common.ce_per_exit(logits, labels, label_smoothing)        # [E]
   kd = jnp.mean(common.kl_per_example(teacher[None], logits[:-1],
                                       temperature), axis=-1)      # [E-1]
   ce_term = global_scale * (1.0 - c) * jnp.sum(ce)
@@ -73,17 +77,19 @@ def _check(c, temperature):
 
 
 def make_pl(*, c: float = 0.5, t0: float = 1.0, t_mult: float = 1.05,
-            max_prob: float = 0.5, global_scale: float = 1.0) -> common.Method:
+            max_prob: float = 0.5, global_scale: float = 1.0,
+            label_smoothing: Optional[float] = None) -> common.Method:
   """Phuong & Lampert with the adaptive temperature (authors' defaults)."""
   _check(c, t0)
   common.check_at_least("t_mult", t_mult, 1, "T never decreases")
   common.check_unit("max_prob", max_prob, open_low=True)
+  ls = common.check_smoothing(label_smoothing)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, progress
     return distillation_loss(outputs["logits"], labels,
                              temperature=state["temperature"], c=c,
-                             global_scale=global_scale)
+                             global_scale=global_scale, label_smoothing=ls)
 
   def update_state(state, metrics):
     return {"temperature": update_temperature(
@@ -97,14 +103,16 @@ def make_pl(*, c: float = 0.5, t0: float = 1.0, t_mult: float = 1.05,
 
 
 def make_pl_const(*, c: float = 0.5, temperature: float = 4.0,
-                  global_scale: float = 1.0) -> common.Method:
+                  global_scale: float = 1.0,
+                  label_smoothing: Optional[float] = None) -> common.Method:
   """The constant-temperature variant (`DistillationLossConstTemp`)."""
   _check(c, temperature)
+  ls = common.check_smoothing(label_smoothing)
 
   def loss_fn(outputs, labels, *, params, state, progress):
     del params, state, progress
     return distillation_loss(outputs["logits"], labels,
                              temperature=jnp.float32(temperature), c=c,
-                             global_scale=global_scale)
+                             global_scale=global_scale, label_smoothing=ls)
 
   return common.Method(name="pl_const", loss_fn=loss_fn)

@@ -9,6 +9,8 @@ from jax import test_util as jtu
 import numpy as np
 import pytest
 
+import np_reference
+
 from mexd import losses
 from mexd.losses import erde
 from mexd.losses import mate
@@ -30,9 +32,11 @@ def test_unknown_name_lists_valid_names():
 
 def test_unknown_hparam_lists_valid_ones():
   with pytest.raises(ValueError, match=r"\['T'\] for method 'erde'; valid: "
-                     "temperature, alpha, gamma, kl_on_wrong"):
+                     "temperature, alpha, gamma, kl_on_wrong, "
+                     "label_smoothing"):
     losses.get_method("erde", T=4.0)
-  with pytest.raises(ValueError, match="valid: temperature, alpha$"):
+  with pytest.raises(ValueError,
+                     match="valid: temperature, alpha, label_smoothing$"):
     losses.get_method("kd", gamma=1.0)
 
 
@@ -60,6 +64,8 @@ def test_unknown_hparam_lists_valid_ones():
     ("erde", dict(gamma=-1.0), "gamma must be >= 0"),
     ("kd", dict(alpha=-0.5), r"alpha must be in \[0, 1\]"),
     ("kd", dict(temperature=-4.0), "temperature must be > 0"),
+    ("ce", dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+    ("pl", dict(label_smoothing=-0.1), "label_smoothing must be in"),
 ])
 def test_out_of_range_hparams(name, hp, match):
   with pytest.raises(ValueError, match=match):
@@ -151,6 +157,35 @@ def test_every_method_jits_vmaps_and_differentiates(name):
     np.testing.assert_array_equal(g_out["teacher_logits"], 0.0)
   if name == "mate":
     chex.assert_shape(g_params["ensemble_logits"], (n, num_exits, num_exits))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_label_smoothing_smooths_every_methods_ce(name):
+  """With label_smoothing eps every method's per-exit CE is the CE against
+  (1 - eps) one_hot + eps / C (NumPy, float64); None is plain CE."""
+  num_exits, batch, classes, eps = 3, 5, 4, 0.2
+  outputs, y = _problems(num_exits, batch, classes, 6, n=2)
+  if not losses.get_method(name).needs_teacher:
+    del outputs["teacher_logits"]
+  got = {}
+  for ls in (None, eps):
+    method = losses.get_method(name, label_smoothing=ls)
+    params = method.init_params(num_exits)
+    for k in range(2):  # Problem 1 is partly unlabeled.
+      o = {key: jnp.asarray(v[k]) for key, v in outputs.items()}
+      _, m = method.loss_fn(o, jnp.asarray(y[k]), params=params,
+                            state=method.init_state(), progress=0.5)
+      got[ls, k] = [float(m[f"ce/exit{i}"]) for i in range(num_exits)]
+  for k in range(2):
+    lab = y[k] >= 0
+    for i in range(num_exits):
+      logp = np_reference.log_softmax(outputs["logits"][k, i])
+      target = (1 - eps) * np.eye(classes)[np.maximum(y[k], 0)] + eps / classes
+      want = np.sum(-(target * logp).sum(-1) * lab) / lab.sum()
+      np.testing.assert_allclose(got[eps, k][i], want, rtol=1e-5)
+      np.testing.assert_allclose(
+          got[None, k][i], np_reference.ce(outputs["logits"][k, i], y[k]),
+          rtol=1e-5)
 
 
 def test_check_grads_on_small_cases():
