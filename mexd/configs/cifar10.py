@@ -5,7 +5,6 @@
       --config.teacher_workdir=runs/c10-teacher
 """
 
-from mexd import config_lib
 from mexd.configs import cifar100
 
 

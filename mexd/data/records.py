@@ -36,7 +36,7 @@ class Records:
 
   def source(self):
     if self._source is None:
-      tfds = tfds_loader._import_tfds()  # pylint: disable=protected-access
+      tfds = tfds_loader.import_tfds()
       builder = open_builder(self.name, self.data_dir)
       self._source = builder.as_data_source(
           self.split, decoders={"image": tfds.decode.SkipDecoding()})
@@ -56,19 +56,9 @@ def open_builder(name: str, data_dir: Optional[str]):
   """The tfds builder of a prepared array_record set, or one clear error
   naming the `tfds build` command (missing, not prepared, not array_record).
   """
-  tfds = tfds_loader._import_tfds()  # pylint: disable=protected-access
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise base.DataError(
-        f"tensorflow_datasets {tfds.__version__} has no data set {name!r} "
-        f"({str(e).splitlines()[0]}).") from e
-  how = tfds_loader._how_to_build(name, data_dir)  # pylint: disable=protected-access
-  if not builder.is_prepared():
-    raise base.DataNotFoundError(
-        f"tfds:{name} is not prepared in {builder.data_dir} (data_dir="
-        f"{data_dir!r}); the streaming pipeline reads its array_record "
-        f"files. {how}")
+  builder = tfds_loader.prepared_builder(
+      name, data_dir, "; the streaming pipeline reads its array_record files")
+  how = tfds_loader.how_to_build(name, data_dir)
   fmt = str(getattr(builder.info.file_format, "value",
                     builder.info.file_format))
   if fmt != "array_record":
@@ -158,7 +148,7 @@ def decoded_gib(cfg) -> Optional[float]:
   if not str(cfg.name).startswith("tfds:"):
     return None
   name = cfg.name[len("tfds:"):]
-  tfds = tfds_loader._import_tfds()  # pylint: disable=protected-access
+  tfds = tfds_loader.import_tfds()
   try:
     builder = tfds.builder(name, data_dir=cfg.get("data_dir"))
   except Exception:  # pylint: disable=broad-except

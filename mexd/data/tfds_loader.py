@@ -38,7 +38,7 @@ _INSTALL = ("Install it with `pip install 'mexd[tfds]'` (or `pip install "
             "tensorflow-datasets`).")
 
 
-def _how_to_build(name: str, data_dir: Optional[str]) -> str:
+def how_to_build(name: str, data_dir: Optional[str]) -> str:
   where = data_dir or "DIR"
   manual = (f" ImageNet first needs ILSVRC2012_img_train.tar and "
             f"ILSVRC2012_img_val.tar in {where}/downloads/manual/."
@@ -49,7 +49,7 @@ def _how_to_build(name: str, data_dir: Optional[str]) -> str:
           f"(data_dir=) to that folder.{manual}")
 
 
-def _import_tfds():
+def import_tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -57,6 +57,28 @@ def _import_tfds():
         f"The tfds:* data sets need tensorflow_datasets, which is not "
         f"importable ({e}). {_INSTALL}") from e
   return tfds
+
+
+def prepared_builder(name: str, data_dir: Optional[str], note: str = ""):
+  """The tfds builder of set `name`, prepared in `data_dir`.
+
+  Raises:
+    DataError: tfds has no such set (or is not installed).
+    DataNotFoundError: the set is not prepared there; the message names the
+      `tfds build` command (after `note`, e.g. what reads the files).
+  """
+  tfds = import_tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise base.DataError(
+        f"tensorflow_datasets {tfds.__version__} has no data set {name!r} "
+        f"({str(e).splitlines()[0]}).") from e
+  if not builder.is_prepared():
+    raise base.DataNotFoundError(
+        f"tfds:{name} is not prepared in {builder.data_dir} (data_dir="
+        f"{data_dir!r}){note}. {how_to_build(name, data_dir)}")
+  return builder
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -154,27 +176,17 @@ def load(name: str, data_dir: Optional[str] = None, *,
     where the set has no labeled "test" split (imagenet2012,
     imagenet_resized).
   """
-  tfds = _import_tfds()
   data_dir = None if data_dir is None else str(data_dir)
   if image_size is None and name in VARIABLE_SIZE:
     image_size = DEFAULT_IMAGE_SIZE
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise base.DataError(
-        f"tensorflow_datasets {tfds.__version__} has no data set {name!r} "
-        f"({str(e).splitlines()[0]}).") from e
-  if not builder.is_prepared():
-    raise base.DataNotFoundError(
-        f"tfds:{name} is not prepared in {builder.data_dir} (data_dir="
-        f"{data_dir!r}). {_how_to_build(name, data_dir)}")
+  builder = prepared_builder(name, data_dir)
   try:
     sources = builder.as_data_source()
   except NotImplementedError as e:  # tfrecord: no random access.
     raise base.DataError(
         f"tfds:{name} in {builder.data_dir} is in the "
         f"{builder.info.file_format} format; reading it without TensorFlow "
-        f"needs array_record. {_how_to_build(name, data_dir)}") from e
+        f"needs array_record. {how_to_build(name, data_dir)}") from e
   test_split = "test" if "test" in sources else "validation"
   num_classes = builder.info.features["label"].num_classes
   arrays = {}
