@@ -49,12 +49,14 @@ RECIPES: List[Tuple[str, str, str, Optional[str]]] = [
     ("cub200:mate", "cub200", "method=mate", None),
     ("stanford_dogs:mate", "stanford_dogs", "method=mate", None),
     ("imagenet64:mate", "imagenet64", "method=mate", None),
+    ("imagenet:pl", "imagenet", "method=pl", None),
+    ("imagenet:eed", "imagenet", "method=eed", None),
 ]
 
 # Mock data per data set name: (writer, kwargs) and the val images carved.
 MOCK_VAL = {"cifar100": 200, "cifar10": 40, "tfds:svhn_cropped": 40,
             "tfds:caltech_birds2011": 200, "tfds:stanford_dogs": 120,
-            "tfds:imagenet_resized/64x64": 1000}
+            "tfds:imagenet_resized/64x64": 1000, "tfds:imagenet2012": 8}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("only", "", "Comma-separated recipe names (default: all).")
@@ -86,6 +88,10 @@ def write_mock(data_dir: str, name: str):
     mock.write_tfds(data_dir, "imagenet_resized/64x64",
                     per_class={"train": 3, "validation": 1},
                     shape=(64, 64, 3))
+  elif name == "tfds:imagenet2012":  # Variable-size JPEGs, streamed.
+    mock.write_tfds(data_dir, "imagenet2012",
+                    per_class={"train": 6, "validation": 2},
+                    classes=range(10), sizes=(40, 120))
   else:
     raise ValueError(f"no mock data for {name!r}")
   open(marker, "w").close()

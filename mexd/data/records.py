@@ -8,6 +8,7 @@ their batches).
 
 import concurrent.futures
 import dataclasses
+import threading
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -22,24 +23,36 @@ class Records:
   """Random access to one split of a prepared tfds set, images not decoded.
 
   `records[i]` is {"image": PNG/JPEG bytes, "label": int, ...}. The reader
-  is opened on first use in each process and dropped when pickled, so grain
-  can send a `Records` to its worker processes.
+  is dropped when pickled and opened again when unpickled, so grain can send
+  a `Records` to its worker processes. Opening it there, in the thread that
+  unpickles, before any read thread starts, matters: tensorflow_datasets'
+  lazy imports deadlock when several threads import it at once.
   """
 
   def __init__(self, name: str, data_dir: Optional[str], split: str):
     self.name, self.data_dir, self.split = name, data_dir, split
+    self._lock = threading.Lock()
     self._source = None
     self._length = len(self.source())
 
   def __getstate__(self):
-    return {**self.__dict__, "_source": None}
+    return {k: v for k, v in self.__dict__.items()
+            if k not in ("_source", "_lock")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+    self._source = None
+    self.source()
 
   def source(self):
-    if self._source is None:
-      tfds = tfds_loader.import_tfds()
-      builder = open_builder(self.name, self.data_dir)
-      self._source = builder.as_data_source(
-          self.split, decoders={"image": tfds.decode.SkipDecoding()})
+    """The tfds data source (opened once per process, thread-safe)."""
+    with self._lock:
+      if self._source is None:
+        tfds = tfds_loader.import_tfds()
+        builder = open_builder(self.name, self.data_dir)
+        self._source = builder.as_data_source(
+            self.split, decoders={"image": tfds.decode.SkipDecoding()})
     return self._source
 
   def __len__(self) -> int:
