@@ -14,20 +14,14 @@ from mexd import data as data_lib
 from mexd import evaluate
 from mexd import evaluation
 from mexd import exit_policy
-from mexd import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  c = digits.get_config()
-  c.num_epochs = 5
-  c.progress_bar = False
-  c.num_devices = 1
-  train.train_and_evaluate(c, workdir)
-  return workdir
+def run_dir(digits_run):
+  """A trained 5-epoch digits run (tests/conftest.py), this module's copy."""
+  return digits_run
 
 
 def test_evaluate_run(run_dir):

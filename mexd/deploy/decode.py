@@ -112,6 +112,6 @@ def decode(body: bytes, content_type: str, manifest: Dict[str, Any], *,
     raise BadRequest(422, f"an array of dtype {x.dtype}: send uint8 pixels "
                      "or float32 images normalised as (x / 255 - mean) / std")
   try:
-    return checks.images(x, shape, manifest)
+    return checks.images(x, shape, manifest["mean"], manifest["std"])
   except errors.InputError as e:
     raise BadRequest(422, str(e)) from None

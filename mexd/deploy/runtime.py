@@ -107,8 +107,9 @@ class Cascade:
 
   Attributes:
     manifest: the folder's manifest.json.
-    num_exits, num_classes, image_shape, class_names, exit_macs, policy,
-    thresholds: from the manifest (thresholds as float32 [E]).
+    num_exits, num_classes, image_shape, class_names, exit_macs, mean, std,
+    policy, thresholds: from the manifest (mean/std float32 [C], thresholds
+    float32 [E]).
 
   Raises:
     ExportError: a folder that is missing, damaged, of another format
@@ -130,6 +131,8 @@ class Cascade:
     self.image_shape = tuple(int(d) for d in m["image_shape"])
     self.class_names = list(m["class_names"])
     self.exit_macs = np.asarray(m["exit_macs"], np.float64)
+    self.mean = np.asarray(m["mean"], np.float32)
+    self.std = np.asarray(m["std"], np.float32)
     self.policy, self.thresholds = checks.policy_and_thresholds(
         m, policy, thresholds)
     self.buckets = checks.buckets(buckets)
@@ -199,7 +202,7 @@ class Cascade:
       InputError: wrong rank, shape or dtype; NaN/inf or out-of-range
         float pixels (host arrays; a jax.Array is not read back).
     """
-    images = checks.images(images, self.image_shape, self.manifest)
+    images = checks.images(images, self.image_shape, self.mean, self.std)
     for chunk in self._chunks(images.shape[0]):
       yield from self._run_chunk(images, np.arange(chunk.start, chunk.stop))
 
@@ -253,7 +256,8 @@ class Cascade:
   def predict_one(self, image):
     """One image [H, W, C] (or [1, H, W, C]) -> (label, exit) as ints; the
     batch-size-1 latency path."""
-    image = checks.one_image(image, self.image_shape)
+    image = checks.images(image, self.image_shape, self.mean, self.std,
+                          one=True)
     out = self.run(image)
     return int(out.labels[0]), int(out.exits[0])
 
@@ -261,7 +265,7 @@ class Cascade:
     """The one-pass network: [N, H, W, C] -> float32 logits [E, N, C] of
     every exit (no early exit; what the cascade's answers are checked
     against, and the one-pass baseline of the benchmarks)."""
-    images = checks.images(images, self.image_shape, self.manifest)
+    images = checks.images(images, self.image_shape, self.mean, self.std)
     n = images.shape[0]
     out = []
     for chunk in self._chunks(n):

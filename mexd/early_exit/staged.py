@@ -47,6 +47,7 @@ import numpy as np
 from mexd import errors
 from mexd.cpu import xla_options
 from mexd.deploy import buckets as buckets_lib
+from mexd.deploy import checks
 from mexd.early_exit import batching
 from mexd.early_exit import inputs
 from mexd.early_exit import policies
@@ -191,7 +192,7 @@ class StagedPredictor:
     self.variables = variables
     self.policy = policy
     self.num_exits = model.bind(variables).num_exits
-    self.thresholds = inputs.check_thresholds(thresholds, self.num_exits)
+    self.thresholds = checks.thresholds(thresholds, self.num_exits)
     self.image_shape = (None if image_shape is None
                         else tuple(int(d) for d in image_shape))
     self.mean, self.std = inputs.check_stats(mean, std, self.image_shape)

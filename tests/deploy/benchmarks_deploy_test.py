@@ -29,7 +29,8 @@ def test_deploy_and_serving_benchmarks(trained, exported, tmp_path):
   rec = _run(["benchmarks.deploy", f"--cases=run:{workdir}", "--n=64",
               "--reps=1", "--latency_reps=1"], tmp_path / "deploy.json")
   row = rec["rows"][0]
-  assert row["n"] == 64 and abs(sum(row["exit_fractions"]) - 1) < 1e-6
+  fractions = row["exit_fractions"]  # rounded to 3 decimals in the JSON
+  assert row["n"] == 64 and abs(sum(fractions) - 1) <= 5e-4 * len(fractions)
   for k in ("exported_img_s", "staged_img_s", "one_pass_img_s"):
     assert row[k] > 0, k
   assert row["ideal_speedup"] >= 1

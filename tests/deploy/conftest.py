@@ -2,6 +2,7 @@
 tests (one short training per test process)."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,8 +11,6 @@ import pytest
 
 from mexd import evaluation
 from mexd import exporter
-from mexd import train
-from mexd.configs import digits
 from mexd.early_exit import policies
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -27,15 +26,11 @@ def between(scores: np.ndarray, q: float) -> float:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-  """(workdir, evaluation.Run) of a 2-epoch digits run, calibrated by
-  mexd.evaluate's library function."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  c = digits.get_config()
-  c.num_epochs = 2
-  c.progress_bar = False
-  c.num_devices = 1
-  train.train_and_evaluate(c, workdir)
+def trained(digits_run_template, tmp_path_factory):
+  """(workdir, evaluation.Run) of the 5-epoch digits run (tests/conftest.py),
+  copied and calibrated by mexd.evaluate's library function."""
+  workdir = str(tmp_path_factory.mktemp("deploy") / "run")
+  shutil.copytree(digits_run_template, workdir)
   evaluation.evaluate_run(workdir, trials=0, timing=False, plots=False)
   return workdir, evaluation.load_run(workdir)
 

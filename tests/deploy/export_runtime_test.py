@@ -136,7 +136,8 @@ def test_stages_yield_each_row_once(trained, mixed):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ((8, 8, 2), r"expected images \[N, 8, 8, 1\]"),
+    ((8, 8, 2), r"images of shape \(8, 8, 2\) given to a model trained on "
+                r"\(8, 8, 1\) images"),
     ("int64", "dtype int64"),
     ("nan", "NaN"),
     ("raw_floats", "raw pixels as floats"),
@@ -235,7 +236,9 @@ def test_export_refuses_to_overwrite_and_bad_thresholds(trained, exported,
                                                          tmp_path):
   with pytest.raises(errors.InputError, match="exists; pass --overwrite"):
     exporter.export_run(trained[0], exported)
-  with pytest.raises(errors.InputError, match="expected 3 numbers"):
+  with pytest.raises(errors.InputError,
+                     match=r"thresholds of shape \(2,\) given to a model "
+                     r"with E = 3"):
     exporter.export_run(trained[0], str(tmp_path / "t"),
                         thresholds=[0.5, 0.5])
   with pytest.raises(errors.InputError, match="platforms"):
