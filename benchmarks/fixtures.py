@@ -51,6 +51,36 @@ def resnet18(width: int = 64, num_classes: int = 100, dtype: str = "float32",
       widths=tuple(width * m for m in (1, 2, 4, 8)), stem_width=width)
 
 
+def fashion_cnn(student: bool = False, dtype: str = "float32", layers=None):
+  """The Fashion-MNIST recipe's multi-exit CNN (`configs/fashion_mnist.py`;
+  `student`: its width-halved student), 10 classes, 28 x 28 x 1 inputs.
+
+  Built from the recipe's own config, so it follows the recipe.
+  """
+  from mexd.configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  c = fashion_mnist.get_config("student=True" if student else None)
+  return models.get_model(c.model.name, num_classes=10, dtype=dtype,
+                          layers=layers, **dict(c.model.kwargs))
+
+
+# --net names of the speed benchmarks -> (H, W, C), classes, crop pad.
+NETS = {"resnet18": ((32, 32, 3), 100, 4),
+        "fashion_cnn": ((28, 28, 1), 10, 2),
+        "fashion_student": ((28, 28, 1), 10, 2)}
+
+
+def net(name: str, *, width: int = 64, num_classes: Optional[int] = None,
+        dtype: str = "float32", stages: Sequence[int] = (2, 2, 2, 2),
+        layers=None):
+  """A `NETS` entry's mexd model (resnet18 at base `width`)."""
+  if name not in NETS:
+    raise ValueError(f"net {name!r}: expected one of {sorted(NETS)}")
+  if name == "resnet18":
+    return resnet18(width, num_classes or NETS[name][1], dtype, stages,
+                    layers)
+  return fashion_cnn(name == "fashion_student", dtype, layers)
+
+
 SMALL_MODELS = ("digits_cnn", "fashion_cnn", "small_cnn")
 
 

@@ -26,8 +26,15 @@ of each per repetition, 15 repetitions) pair neighbouring steps, which is
 what the quoted CPU ratio uses: the 2-core VM's speed drifts within minutes
 (docs/benchmarks.md, section 1).
 
+`--nets fashion_cnn,fashion_student` times the Fashion-MNIST recipe's CNN
+and its student (28 x 28 x 1, 10 classes, crop pad 2) against their twin
+`torch_reference.MultiExitSmallCNN`; `--torch_modes eager,compile` adds
+rows against `torch.compile` (inductor; compiled in the warm-up step).
+
 Usage (one command, CPU or GPU; torch optional):
   python -m benchmarks.step_time         # batch 128 width 16; batch 64 width 64
+  python -m benchmarks.step_time --nets fashion_cnn,fashion_student \\
+      --batch 128 --torch_modes eager,compile
   python -m benchmarks.step_time --batch 64 --width 64 --methods pl,eed
   python -m benchmarks.step_time --no_torch            # JAX only
   python -m benchmarks.step_time --layers flax,cpu --xla_options none,mexd
@@ -50,6 +57,12 @@ except ImportError:
   torch = torch_reference = None
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("nets", "resnet18", "Comma list of networks "
+                    "(fixtures.NETS): resnet18 (at the --configs widths), "
+                    "fashion_cnn and fashion_student (the Fashion-MNIST "
+                    "recipe's CNN and student; width ignored).")
+flags.DEFINE_string("torch_modes", "eager", "Comma list: eager, compile "
+                    "(torch.compile of the network, inductor).")
 flags.DEFINE_string("configs", "128:16,64:64",
                     "Comma list of batch:width pairs (width 64 = ResNet-18).")
 flags.DEFINE_string("batch", None, "Comma list of batch sizes (with --width: "
@@ -80,8 +93,8 @@ flags.DEFINE_string("stages", "2,2,2,2",
 common.define_flags("step_time")
 flags.adopt_module_key_flags(common)
 
-_COLUMNS = ("method", "batch", "width", "xla_options", "layers",
-            "jax_img_s", "torch_img_s",
+_COLUMNS = ("net", "method", "batch", "width", "xla_options", "layers",
+            "torch_mode", "jax_img_s", "torch_img_s",
             "ratio_jax_over_torch", "jax_ms_step", "torch_ms_step", "loadavg")
 _FMT = {"jax_img_s": ".1f", "torch_img_s": ".1f", "ratio_jax_over_torch":
         ".3f", "jax_ms_step": ".0f", "torch_ms_step": ".0f"}
@@ -95,16 +108,23 @@ def torch_device(name: str) -> str:
   return "cuda" if on_gpu else "cpu"
 
 
-def make_torch_step(*, width, batch, method_name, num_classes, channels_last,
-                    stages=(2, 2, 2, 2), device="cpu"):
-  """(PyTorch step, images, labels), the batch of the JAX step on `device`."""
+def make_torch_step(*, model, net="resnet18", width, batch, method_name,
+                    num_classes, channels_last, stages=(2, 2, 2, 2),
+                    device="cpu", mode="eager"):
+  """(PyTorch step, images, labels), the batch of the JAX step on `device`.
+
+  `model` is the mexd network the step twins; `mode` "eager" or "compile".
+  """
   if device == "cuda":  # What the research code does: cuDNN autotuning.
     torch.backends.cudnn.benchmark = True
-  step = torch_reference.TrainStep(num_classes=num_classes, width=width,
-                                   method=method_name,
-                                   channels_last=channels_last,
-                                   stage_sizes=stages, device=device)
-  host = fixtures.random_batch(batch, (32, 32, 3), num_classes)
+  shape, _, pad = fixtures.NETS[net]
+  c = shape[-1]
+  step = torch_reference.TrainStep(
+      model=torch_reference.twin(model, net, num_classes, width, stages,
+                                 in_channels=c),
+      method=method_name, mean=(0.5,) * c, std=(0.25,) * c, pad=pad,
+      channels_last=channels_last, device=device, compile=mode == "compile")
+  host = fixtures.random_batch(batch, shape, num_classes)
   images = torch.from_numpy(host["image"]).to(device)
   labels = torch.from_numpy(host["label"].astype(np.int64)).to(device)
   return step, images, labels
@@ -118,22 +138,28 @@ def _layers(name: str) -> str:
   return name
 
 
-def run_config(*, width, batch, method_name, layers="backend",
+def run_config(*, width, batch, method_name, net="resnet18", layers="backend",
                xla_options=True, steps=1, reps=15, warmup=1,
                num_classes=100, dtype="float32", stages=(2, 2, 2, 2),
                torch_opts=None):
   """Times one (width, batch, method, layers, XLA options) setting; a row.
 
+  `net` is a `fixtures.NETS` name (resnet18 at base `width`; the
+  Fashion-MNIST nets have their recipe's classes, input and crop pad).
   `layers` is a --layers entry (the row names the choice it resolves to,
   "cpu" or "flax"); `xla_options` False compiles with plain
-  `jax.jit`. `torch_opts` ({"channels_last", "device"}) adds the
+  `jax.jit`. `torch_opts` ({"channels_last", "device", "mode"}) adds the
   interleaved PyTorch step; None times JAX alone.
   """
   layers = _layers(layers)
+  shape, classes, pad = fixtures.NETS[net]
+  if net != "resnet18":
+    num_classes, width = classes, None
+  model = fixtures.net(net, width=width, num_classes=num_classes, dtype=dtype,
+                       stages=stages, layers=layers_lib.by_name(layers))
   setup = fixtures.make_step(
-      fixtures.resnet18(width, num_classes, dtype, stages,
-                        layers_lib.by_name(layers)),
-      method_name, batch=batch, num_classes=num_classes, dtype=dtype,
+      model, method_name, batch=batch, image_shape=shape,
+      num_classes=num_classes, dtype=dtype, crop_pad=pad,
       xla_cpu_options=None if xla_options else False)
   data = setup.batch
   compiled = [None]
@@ -161,7 +187,8 @@ def run_config(*, width, batch, method_name, layers="backend",
   n_params_torch = None
   if torch_opts is not None:
     tstep, timages, tlabels = make_torch_step(
-        width=width, batch=batch, method_name=method_name,
+        model=model, net=net, width=width, batch=batch,
+        method_name=method_name,
         num_classes=num_classes, stages=stages, **torch_opts)
     n_params_torch = sum(p.numel() for p in tstep.model.parameters())
 
@@ -184,7 +211,8 @@ def run_config(*, width, batch, method_name, layers="backend",
       t_torch.append(tt)
       ratios.append(tt / tj)  # = (img/s JAX) / (img/s torch)
   n = steps * batch
-  row = {"method": method_name, "batch": batch, "width": width,
+  row = {"net": net, "method": method_name, "batch": batch, "width": width,
+         "torch_mode": torch_opts and torch_opts.get("mode", "eager"),
          "layers": layers, "xla_options": "mexd" if xla_options else "none",
          "params_jax": fixtures.param_count(setup),
          "params_torch": n_params_torch,
@@ -232,18 +260,25 @@ def main(argv):
   common.print_device(env)
   stages = tuple(int(v) for v in FLAGS.stages.split(","))
   rows = []
-  for method_name in FLAGS.methods.split(","):
-    for batch, width in _configs():
-      for opts in FLAGS.xla_options.split(","):
-        for name in FLAGS.layers.split(","):
-          row = run_config(
-              width=width, batch=batch, method_name=method_name,
-              layers=name, xla_options=opts != "none", steps=FLAGS.steps,
-              reps=FLAGS.reps, warmup=FLAGS.warmup,
-              num_classes=FLAGS.num_classes, dtype=FLAGS.dtype,
-              stages=stages, torch_opts=torch_opts)
-          rows.append(row)
-          print(common.format_table([row], _COLUMNS, _FMT), flush=True)
+  modes = FLAGS.torch_modes.split(",") if torch_opts else [None]
+  for net in FLAGS.nets.split(","):
+    configs = _configs()
+    if net != "resnet18":  # No width option: one row per batch size.
+      configs = [(b, None) for b in dict.fromkeys(b for b, _ in configs)]
+    for method_name in FLAGS.methods.split(","):
+      for batch, width in configs:
+        for opts in FLAGS.xla_options.split(","):
+          for name in FLAGS.layers.split(","):
+            for mode in modes:
+              row = run_config(
+                  width=width, batch=batch, method_name=method_name,
+                  net=net, layers=name, xla_options=opts != "none",
+                  steps=FLAGS.steps, reps=FLAGS.reps, warmup=FLAGS.warmup,
+                  num_classes=FLAGS.num_classes, dtype=FLAGS.dtype,
+                  stages=stages,
+                  torch_opts=mode and dict(torch_opts, mode=mode))
+              rows.append(row)
+              print(common.format_table([row], _COLUMNS, _FMT), flush=True)
   print()
   print(common.format_table(rows, _COLUMNS, _FMT))
   common.write_record("step_time", rows, env)

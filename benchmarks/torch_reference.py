@@ -1,4 +1,11 @@
-"""PyTorch twin of mexd's CIFAR multi-exit ResNet-18 and its train step.
+"""PyTorch twins of mexd's networks and of their train step.
+
+Two networks: the CIFAR multi-exit ResNet-18 (`MultiExitResNet18`) and the
+Fashion-MNIST recipe's multi-exit CNN and its student (`MultiExitSmallCNN`,
+the twin of `mexd.models.small_cnn.SmallCNN`; `load_small_cnn` copies a
+mexd model's variables into it, which the parity test uses).
+
+ResNet-18:
 
 Same architecture as `mexd.models.get_model("resnet18", head="byot")` (and
 its width-scaled variants, widths (w, 2w, 4w, 8w), stem w):
@@ -12,7 +19,13 @@ its width-scaled variants, widths (w, 2w, 4w, 8w), stem w):
 * final exit: global average pool -> Linear(C).
 BatchNorm eps 1e-5 and momentum 0.1 (= flax momentum 0.9).
 
-The train step mirrors `mexd.steps.make_train_step` with method "pl" (Phuong
+SmallCNN (head "conv", downsample "maxpool" or "stride"): each stage
+[2 x 2 max pool (ceil) when its stride is 2 and downsample is "maxpool"] ->
+2 x (conv3x3 without bias -> BN -> ReLU), the first conv strided (with
+flax's asymmetric "SAME" padding) when downsample is "stride"; after every stage an exit ReLU -> conv3x3 s2 (D
+channels) -> BN -> ReLU -> global average pool -> Linear(C).
+
+The train step (`TrainStep`, either network) mirrors `mexd.steps.make_train_step` with method "pl" (Phuong
 & Lampert) or "eed": on-device normalisation, pad-4 random crop and flip,
 the loss, SGD with Nesterov momentum and coupled weight decay on the conv /
 dense kernels only, and the adaptive P&L temperature as a tensor (no host
@@ -22,8 +35,9 @@ step guard), so it does slightly less work than the JAX step.
 Only the benchmarks import this file; torch is the optional `bench` extra.
 """
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -116,6 +130,160 @@ class MultiExitResNet18(nn.Module):
     return torch.stack(logits), torch.stack(feats)
 
 
+class SameConv(nn.Conv2d):
+  """A bias-free k x k conv with flax's "SAME" padding (asymmetric for a
+  stride: total max((ceil(H / s) - 1) s + k - H, 0), the extra one after)."""
+
+  def __init__(self, cin: int, cout: int, k: int, stride: int):
+    super().__init__(cin, cout, k, stride, padding=0, bias=False)
+
+  def forward(self, x):
+    pads = []
+    for size in (x.shape[3], x.shape[2]):  # F.pad order: W then H
+      s, k = self.stride[0], self.kernel_size[0]
+      total = max((-(-size // s) - 1) * s + k - size, 0)
+      pads += [total // 2, total - total // 2]
+    return super().forward(F.pad(x, pads))
+
+
+class SmallStage(nn.Module):
+  """[max pool 2 x 2, ceil] -> n x (conv3x3 no bias -> BN -> ReLU)."""
+
+  def __init__(self, cin: int, width: int, stride: int, maxpool: bool,
+               num_convs: int = 2):
+    super().__init__()
+    self.pool = stride if maxpool and stride > 1 else 0
+    layers = []
+    for i in range(num_convs):
+      s = stride if i == 0 and not maxpool else 1
+      conv = SameConv(cin, width, 3, s) if s > 1 else _conv(cin, width, 3, 1)
+      layers += [conv, nn.BatchNorm2d(width), nn.ReLU()]
+      cin = width
+    self.convs = nn.Sequential(*layers)
+
+  def forward(self, x):
+    if self.pool:  # flax "SAME" max pool = ceil mode (pads with -inf).
+      x = F.max_pool2d(x, self.pool, self.pool, ceil_mode=True)
+    return self.convs(x)
+
+
+class MultiExitSmallCNN(nn.Module):
+  """Twin of `mexd.models.small_cnn.SmallCNN` with head="conv".
+
+  Returns (logits [E, B, C], features [E, B, D]) like the mexd model.
+  """
+
+  def __init__(self, num_classes: int = 10,
+               widths: Sequence[int] = (16, 32, 64, 128),
+               strides: Sequence[int] = (1, 2, 2, 2), head_features: int = 64,
+               in_channels: int = 1, downsample: str = "maxpool"):
+    super().__init__()
+    if downsample not in ("maxpool", "stride"):
+      raise ValueError(f"downsample {downsample!r}: maxpool or stride")
+    stages, cin = [], in_channels
+    for w, s in zip(widths, strides):
+      stages.append(SmallStage(cin, w, s, downsample == "maxpool"))
+      cin = w
+    self.stages = nn.ModuleList(stages)
+    self.heads = nn.ModuleList(
+        ByotHead(w, [head_features], num_classes) for w in widths)
+
+  def forward(self, x):
+    logits, feats = [], []
+    for stage, head in zip(self.stages, self.heads):
+      x = stage(x)
+      z, f = head(x)
+      logits.append(z)
+      feats.append(f)
+    return torch.stack(logits), torch.stack(feats)
+
+
+def twin(model, net: str, num_classes: int, width: int = 64,
+         stages: Sequence[int] = (2, 2, 2, 2), in_channels: int = 1):
+  """The PyTorch twin of a benchmark network (`benchmarks.fixtures.NETS`).
+
+  net "resnet18": `MultiExitResNet18` at base `width` with `stages`;
+  otherwise `model` is a mexd SmallCNN and its `MultiExitSmallCNN` twin is
+  built from its widths, strides, head width and down-sampling.
+  """
+  if net == "resnet18":
+    return MultiExitResNet18(num_classes, width, stages)
+  return MultiExitSmallCNN(num_classes, model.widths, model.strides,
+                           model.head_features, in_channels=in_channels,
+                           downsample=model.downsample)
+
+
+def staged_predict(model: nn.Module, x: torch.Tensor, thresholds):
+  """Early exit in PyTorch eager, as a PyTorch user writes it.
+
+  Stage k (and its exit head) runs on the images still in; an image leaves
+  at the first exit whose max softmax probability is >= thresholds[k] (the
+  last exit takes the rest). One host sync per stage (the boolean index).
+  `model`: a twin with `stages` and `heads` (and optionally `stem`), in
+  eval mode; call under `torch.inference_mode()`.
+
+  Returns:
+    (labels [N], exits [N]) as int64 NumPy arrays.
+  """
+  n = x.shape[0]
+  labels = torch.zeros(n, dtype=torch.int64)
+  exits = torch.zeros(n, dtype=torch.int64)
+  rows = torch.arange(n)
+  h = model.stem(x) if hasattr(model, "stem") else x
+  last = len(model.heads) - 1
+  for k, (stage, head) in enumerate(zip(model.stages, model.heads)):
+    h = stage(h)
+    z, _ = head(h)
+    prob, label = F.softmax(z, -1).max(-1)
+    done = prob >= float(thresholds[k]) if k < last else torch.ones_like(
+        prob, dtype=torch.bool)
+    labels[rows[done]] = label[done]
+    exits[rows[done]] = k
+    keep = ~done
+    if not bool(keep.any()):
+      break
+    h, rows = h[keep], rows[keep]
+  return labels.numpy(), exits.numpy()
+
+
+def _copy(dst: torch.Tensor, value) -> None:
+  value = torch.tensor(np.array(value, np.float32))
+  if tuple(dst.shape) != tuple(value.shape):
+    raise ValueError(f"shape {tuple(value.shape)} into {tuple(dst.shape)}")
+  with torch.no_grad():
+    dst.copy_(value)
+
+
+def _load_bn(bn: nn.BatchNorm2d, params, stats) -> None:
+  _copy(bn.weight, params["scale"])
+  _copy(bn.bias, params["bias"])
+  _copy(bn.running_mean, stats["mean"])
+  _copy(bn.running_var, stats["var"])
+
+
+def load_small_cnn(model: MultiExitSmallCNN, variables) -> MultiExitSmallCNN:
+  """Copies a mexd SmallCNN's {"params", "batch_stats"} into `model`.
+
+  Conv kernels HWIO -> OIHW, Dense kernels [in, out] -> Linear [out, in].
+  """
+  p, st = variables["params"], variables["batch_stats"]
+  for i, stage in enumerate(model.stages):
+    convs = [m for m in stage.convs if isinstance(m, nn.Conv2d)]
+    bns = [m for m in stage.convs if isinstance(m, nn.BatchNorm2d)]
+    for j, (conv, bn) in enumerate(zip(convs, bns)):
+      _copy(conv.weight, np.transpose(p[f"blocks_{i}"][f"conv{j}"]["kernel"],
+                                      (3, 2, 0, 1)))
+      _load_bn(bn, p[f"blocks_{i}"][f"bn{j}"], st[f"blocks_{i}"][f"bn{j}"])
+  for i, head in enumerate(model.heads):
+    conv, bn = head.steps[1], head.steps[2]
+    hp, hs = p[f"heads_{i}"], st[f"heads_{i}"]
+    _copy(conv.weight, np.transpose(hp["conv0"]["kernel"], (3, 2, 0, 1)))
+    _load_bn(bn, hp["bn0"], hs["bn0"])
+    _copy(head.out.weight, np.transpose(hp["out"]["kernel"]))
+    _copy(head.out.bias, hp["out"]["bias"])
+  return model
+
+
 def kl_per_example(t_logits, s_logits, temperature):
   """KL(softmax(t / T) || softmax(s / T)) over the last axis."""
   log_q = F.log_softmax(t_logits / temperature, dim=-1)
@@ -186,10 +354,14 @@ def make_optimizer(model: nn.Module, lr: float = 0.1, momentum: float = 0.9,
 
 
 class TrainStep:
-  """One PyTorch train step of the multi-exit ResNet-18 ("pl" or "eed").
+  """One PyTorch train step of a multi-exit network ("pl" or "eed").
 
-  `device` ("cpu", "cuda"): where the model, the optimizer state and the
-  augmentation run; the caller puts the batch there.
+  `model` None builds the ResNet-18 (`num_classes`, `width`,
+  `stage_sizes`); otherwise the given network (e.g. `MultiExitSmallCNN`) is
+  trained. `pad` is the random crop's padding (the Fashion-MNIST recipe's
+  is 2). `device` ("cpu", "cuda"): where the model, the optimizer state and
+  the augmentation run; the caller puts the batch there. `compile` wraps the
+  network in `torch.compile` (inductor; its first steps compile).
   """
 
   def __init__(self, *, num_classes: int = 100, width: int = 64,
@@ -197,31 +369,35 @@ class TrainStep:
                std: Tuple[float, ...] = (0.25, 0.25, 0.25),
                channels_last: bool = False, seed: int = 0,
                stage_sizes: Sequence[int] = (2, 2, 2, 2),
-               device: str = "cpu"):
+               device: str = "cpu", model: Optional[nn.Module] = None,
+               pad: int = 4, compile: bool = False):  # pylint: disable=redefined-builtin
     if method not in ("pl", "eed"):
       raise ValueError(f"torch reference has methods pl, eed; got {method!r}")
     torch.manual_seed(seed)
     self.device = torch.device(device)
-    self.model = MultiExitResNet18(num_classes, width, stage_sizes).train()
-    self.model = self.model.to(self.device)
+    if model is None:
+      model = MultiExitResNet18(num_classes, width, stage_sizes)
+    self.model = model.train().to(self.device)
     self.channels_last = channels_last
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
     self.opt = make_optimizer(self.model)
+    self.net = torch.compile(self.model) if compile else self.model
     self.method = method
+    self.pad = pad
     self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
     self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
     self.temperature = torch.tensor(1.0, device=self.device)
     self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
   def __call__(self, images_u8: torch.Tensor, labels: torch.Tensor):
-    """images_u8: uint8 [B, H, W, 3]; labels: int64 [B], on `device`.
+    """images_u8: uint8 [B, H, W, C]; labels: int64 [B], on `device`.
 
     Returns the loss, a 0-d tensor on `device` (not synchronised).
     """
-    x = preprocess(images_u8, self.mean, self.std, generator=self.gen,
-                   channels_last=self.channels_last)
-    logits, feats = self.model(x)
+    x = preprocess(images_u8, self.mean, self.std, pad=self.pad,
+                   generator=self.gen, channels_last=self.channels_last)
+    logits, feats = self.net(x)
     if self.method == "pl":
       loss, max_prob = pl_loss(logits, labels, self.temperature)
     else:

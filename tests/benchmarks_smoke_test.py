@@ -144,3 +144,30 @@ def test_sharded_step_with_a_teacher(tmp_path):
   assert [r["devices"] for r in rows] == [1, 2]
   # The same global batch on 1 and 2 devices: the same loss.
   assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_step_time_fashion_nets(tmp_path):
+  args = ["--nets", "fashion_student", "--batch", "4", "--steps", "1",
+          "--reps", "1", "--warmup", "0"]
+  if not HAS_TORCH:
+    args.append("--no_torch")
+  row = _run("step_time", tmp_path, *args)["rows"][0]
+  assert row["net"] == "fashion_student" and row["width"] is None
+  assert row["jax_img_s"] > 0
+  if HAS_TORCH:
+    assert row["params_torch"] == row["params_jax"]
+
+
+@pytest.mark.slow
+def test_inference_speed(tmp_path):
+  rows = _run("inference_speed", tmp_path, "--nets", "fashion_student",
+              "--n", "64", "--batch", "32", "--reps", "1")["rows"]
+  programs = {r["program"] for r in rows}
+  assert programs == {"one_pass", "staged"}
+  for r in rows:
+    assert r["jax_img_s"] > 0
+    if HAS_TORCH:
+      # Same weights: PyTorch takes the same exits and predicts the same.
+      assert r["same_exit"] >= 0.95, r
+      assert r["ratio_jax_over_torch"] > 0
