@@ -15,6 +15,14 @@ from mexd import early_exit as ee
 from mexd.early_exit import plots as ee_plots
 
 
+# One marker per ten series: matplotlib's colour cycle repeats after ten.
+_MARKERS = "os^Dv"
+
+
+def _marker(i: int) -> str:
+  return _MARKERS[(i // 10) % len(_MARKERS)]
+
+
 def _save_fig(fig, path: str) -> str:
   return ee_plots._save(fig, path)  # pylint: disable=protected-access
 
@@ -24,10 +32,11 @@ def plot_bands(curves: Dict[str, Tuple], path: str, *, title: str,
   """Mean curves with a ± std band: name -> (x [P], mean [P], std [P])."""
   fig = Figure(figsize=(6, 4.2))
   ax = fig.add_subplot()
-  for name, (x, m, sd) in curves.items():
+  for i, (name, (x, m, sd)) in enumerate(curves.items()):
     x, m, sd = (np.asarray(v, float) for v in (x, m, sd))
     o = np.argsort(x, kind="stable")
-    line, = ax.plot(x[o], m[o], marker=".", label=name)
+    line, = ax.plot(x[o], m[o], marker="." if i < 10 else _marker(i),
+                    markersize=None if i < 10 else 4, label=name)
     ax.fill_between(x[o], (m - sd)[o], (m + sd)[o], alpha=0.15,
                     color=line.get_color(), linewidth=0)
   ax.set_xlabel(xlabel)
@@ -49,7 +58,7 @@ def plot_diffs(diffs: Dict[str, Dict], path: str, *, title: str) -> str:
     lo, hi = 100 * np.asarray(d["lo"]), 100 * np.asarray(d["hi"])
     lo, hi = np.where(np.isfinite(lo), lo, m), np.where(np.isfinite(hi), hi, m)
     x = np.arange(m.size) + (i - (len(diffs) - 1) / 2) * width
-    ax.errorbar(x, m, yerr=[m - lo, hi - m], fmt="o", capsize=3,
+    ax.errorbar(x, m, yerr=[m - lo, hi - m], fmt=_marker(i), capsize=3,
                 label=f"{name} − {d['reference']}")
   ax.axhline(0, color="k", linewidth=0.8)
   ax.set_xticks(np.arange(n))
