@@ -94,6 +94,18 @@ class FinalHead(nn.Module):
     return self.out(f), f
 
 
+def _exits(h, stages, heads):
+  """Runs stage k then exit head k for every k: (logits [E, B, C],
+  features [E, B, D])."""
+  logits, feats = [], []
+  for stage, head in zip(stages, heads):
+    h = stage(h)
+    z, f = head(h)
+    logits.append(z)
+    feats.append(f)
+  return torch.stack(logits), torch.stack(feats)
+
+
 class MultiExitResNet18(nn.Module):
   """Returns (logits [E, B, C], features [E, B, D]) like the mexd model."""
 
@@ -120,14 +132,7 @@ class MultiExitResNet18(nn.Module):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
   def forward(self, x):
-    h = self.stem(x)
-    logits, feats = [], []
-    for stage, head in zip(self.stages, self.heads):
-      h = stage(h)
-      z, f = head(h)
-      logits.append(z)
-      feats.append(f)
-    return torch.stack(logits), torch.stack(feats)
+    return _exits(self.stem(x), self.stages, self.heads)
 
 
 class SameConv(nn.Conv2d):
@@ -189,13 +194,7 @@ class MultiExitSmallCNN(nn.Module):
         ByotHead(w, [head_features], num_classes) for w in widths)
 
   def forward(self, x):
-    logits, feats = [], []
-    for stage, head in zip(self.stages, self.heads):
-      x = stage(x)
-      z, f = head(x)
-      logits.append(z)
-      feats.append(f)
-    return torch.stack(logits), torch.stack(feats)
+    return _exits(x, self.stages, self.heads)
 
 
 def twin(model, net: str, num_classes: int, width: int = 64,

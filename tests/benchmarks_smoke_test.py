@@ -45,13 +45,17 @@ def _run(script, tmp_path, *args, timeout=300):
 
 
 @pytest.mark.slow
-def test_step_time(tmp_path):
-  args = ["--configs", "4:4", "--stages", "1,1,1,1", "--steps", "1",
-          "--reps", "1", "--warmup", "0"]
+@pytest.mark.parametrize("net_args, net", [
+    (["--configs", "4:4", "--stages", "1,1,1,1"], "resnet18"),
+    (["--nets", "fashion_student", "--batch", "4"], "fashion_student")])
+def test_step_time(tmp_path, net_args, net):
+  args = net_args + ["--steps", "1", "--reps", "1", "--warmup", "0"]
   if not HAS_TORCH:
     args.append("--no_torch")
   row = _run("step_time", tmp_path, *args)["rows"][0]
-  assert row["jax_img_s"] > 0
+  assert row["net"] == net and row["jax_img_s"] > 0
+  if net != "resnet18":
+    assert row["width"] is None  # the recipe's network, no width option
   if HAS_TORCH:
     assert row["params_jax"] == row["params_torch"]
     assert row["ratio_jax_over_torch"] > 0
@@ -144,19 +148,6 @@ def test_sharded_step_with_a_teacher(tmp_path):
   assert [r["devices"] for r in rows] == [1, 2]
   # The same global batch on 1 and 2 devices: the same loss.
   assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-4)
-
-
-@pytest.mark.slow
-def test_step_time_fashion_nets(tmp_path):
-  args = ["--nets", "fashion_student", "--batch", "4", "--steps", "1",
-          "--reps", "1", "--warmup", "0"]
-  if not HAS_TORCH:
-    args.append("--no_torch")
-  row = _run("step_time", tmp_path, *args)["rows"][0]
-  assert row["net"] == "fashion_student" and row["width"] is None
-  assert row["jax_img_s"] > 0
-  if HAS_TORCH:
-    assert row["params_torch"] == row["params_jax"]
 
 
 @pytest.mark.slow
