@@ -54,7 +54,7 @@ flags.DEFINE_float("fraction", 0.5, "Share of the live images leaving at "
                    "each early exit (staged rows).")
 flags.DEFINE_integer("reps", 7, "Interleaved repetitions.")
 flags.DEFINE_string("torch_modes", "eager", "Comma list: eager, compile.")
-common.define_flags("inference_speed")
+common.define_flags("inference")
 flags.adopt_module_key_flags(common)
 
 _COLUMNS = ("net", "program", "torch_mode", "n", "batch", "jax_img_s",

@@ -162,3 +162,16 @@ def test_inference_speed(tmp_path):
       # Same weights: PyTorch takes the same exits and predicts the same.
       assert r["same_exit"] >= 0.95, r
       assert r["ratio_jax_over_torch"] > 0
+
+
+@pytest.mark.slow
+def test_conv_layers(tmp_path):
+  rows = _run("conv_layers", tmp_path, "--net", "fashion_student", "--batch",
+              "2", "--reps", "1")["rows"]
+  layers = [r for r in rows if r["layer"] != "total"]
+  # 4 stages x 2 convs + 4 exit heads, at 28, 14, 7 and 4 pixels.
+  assert len(layers) == 12
+  assert [r["hw"] for r in layers if r["layer"].endswith("conv0")] == [
+      28, 14, 7, 4]
+  assert rows[-1]["jax_fwd_ms"] == pytest.approx(
+      sum(r["jax_fwd_ms"] for r in layers))
