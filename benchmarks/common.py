@@ -159,6 +159,24 @@ def environment() -> Dict[str, Any]:
   }
 
 
+def torch_environment(torch_module, use: bool = True):
+  """(torch used, `environment()` with "torch_threads") at a script's start.
+
+  torch is used when `use` asks for it and it is installed (a line says when
+  it is not); --threads then sets its thread count.
+  """
+  if use and torch_module is None:
+    print("torch is not installed (pip install -e .[bench]); JAX only")
+  use = use and torch_module is not None
+  env = environment()
+  env["torch_threads"] = None
+  if use:
+    if FLAGS.threads:
+      torch_module.set_num_threads(FLAGS.threads)
+    env["torch_threads"] = torch_module.get_num_threads()
+  return use, env
+
+
 def print_device(env: Dict[str, Any]):
   """One line: platform, device kind and count, CPU, load."""
   d = env["device"]

@@ -119,9 +119,7 @@ def bench_layer(name, hw, cin, cout, stride, *, batch, reps, first):
 def main(argv):
   del argv
   common.setup_from_flags()
-  if torch is None:
-    print("torch is not installed (pip install -e .[bench]); JAX only")
-  env = common.environment()
+  _, env = common.torch_environment(torch)
   common.print_device(env)
   model = fixtures.net(FLAGS.net)
   (h, _, c), _, _ = fixtures.NETS[FLAGS.net]

@@ -158,13 +158,7 @@ def bench_net(net, *, n, batch, width=64, fraction=0.5, reps=7,
 def main(argv):
   del argv
   common.setup_from_flags()
-  if torch is None:
-    print("torch is not installed (pip install -e .[bench]); JAX only")
-  env = common.environment()
-  if torch is not None:
-    if FLAGS.threads:
-      torch.set_num_threads(FLAGS.threads)
-    env["torch_threads"] = torch.get_num_threads()
+  _, env = common.torch_environment(torch)
   common.print_device(env)
   rows = []
   for net in FLAGS.nets.split(","):

@@ -243,16 +243,10 @@ def main(argv):
   common.setup_from_flags(xla_flags=FLAGS.xla_flags)
   if FLAGS.matmul_precision:
     jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
-  if not FLAGS.no_torch and torch is None:
-    print("torch is not installed (pip install -e .[bench]); JAX only")
-    FLAGS.no_torch = True
-  env = common.environment()
-  env["torch_threads"] = None
+  use_torch, env = common.torch_environment(torch, not FLAGS.no_torch)
+  FLAGS.no_torch = not use_torch
   torch_opts = None
-  if not FLAGS.no_torch:
-    if FLAGS.threads:
-      torch.set_num_threads(FLAGS.threads)
-    env["torch_threads"] = torch.get_num_threads()
+  if use_torch:
     FLAGS.torch_device = torch_device(FLAGS.torch_device)
     env["torch_device"] = FLAGS.torch_device
     torch_opts = {"channels_last": FLAGS.torch_channels_last,
