@@ -94,8 +94,12 @@ def bench_net(net, *, n, batch, width=64, fraction=0.5, reps=7,
 
   progs = {"one_pass": {"jax": jax_one_pass}}
   small = net != "resnet18"
+  fractions = {}
   if small:
     progs["staged"] = {"jax": jax_staged}
+    exits = jax_staged()
+    fractions["staged"] = (np.bincount(exits, minlength=len(theta)) /
+                           n).round(4).tolist()
   same = {}
   if torch is not None:
     twin = torch_reference.twin(model, net, classes, width,
@@ -119,7 +123,7 @@ def bench_net(net, *, n, batch, width=64, fraction=0.5, reps=7,
         return np.concatenate([o[1] for o in outs])
 
       progs["staged"]["eager"] = torch_staged
-      same["staged"] = float(np.mean(jax_staged() == torch_staged()))
+      same["staged"] = float(np.mean(exits == torch_staged()))
       with torch.inference_mode():
         got = np.concatenate([twin(xt[s])[0].numpy() for s in parts], 1)
       same["one_pass"] = float(np.mean(got.argmax(-1) == logits.argmax(-1)))
@@ -145,8 +149,7 @@ def bench_net(net, *, n, batch, width=64, fraction=0.5, reps=7,
           "ratio_jax_over_torch": common.median(
               [b / a for a, b in zip(tj, tt)]),
           "same_exit": same.get(p), "jax_times_s": tj, "torch_times_s": tt,
-          "exit_fractions": (np.bincount(jax_staged(), minlength=len(theta))
-                             / n).round(4).tolist() if p == "staged" else None,
+          "exit_fractions": fractions.get(p),
           "loadavg": common.loadavg()})
     if len(fns) == 1:  # JAX only (no torch)
       rows.append({"net": net, "program": p, "torch_mode": None, "n": n,
